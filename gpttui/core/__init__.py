@@ -1,0 +1,1 @@
+"""The engine: config, tokenizer, data, model, training, checkpoints. No UI imports here."""

@@ -1,0 +1,113 @@
+"""Model configuration: the book's config dict as a dataclass, plus named presets."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from gpttui.core.errors import ConfigError
+
+# Keys of the book's GPT_CONFIG_124M dict, and the dataclass field each maps to.
+BOOK_KEYS = ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers", "drop_rate", "qkv_bias")
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    """Shape of a GPT model. Field names are the book's ``GPT_CONFIG_124M`` keys."""
+
+    vocab_size: int = 50257
+    context_length: int = 256
+    emb_dim: int = 768
+    n_heads: int = 12
+    n_layers: int = 12
+    drop_rate: float = 0.1
+    qkv_bias: bool = False
+    tie_weights: bool = False
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                problems.append(f"{name} must be a positive integer (got {value!r})")
+        if not problems and self.emb_dim % self.n_heads:
+            problems.append(f"emb_dim ({self.emb_dim}) must be divisible by n_heads ({self.n_heads})")
+        if not 0.0 <= float(self.drop_rate) < 1.0:
+            problems.append(f"drop_rate must be in [0, 1) (got {self.drop_rate})")
+        if problems:
+            raise ConfigError("Invalid model config: " + "; ".join(problems) + ".")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "GPTConfig":
+        """Build from the book's config dict (or our own ``to_dict``). Unknown keys are an error."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"Unknown model config keys: {', '.join(unknown)}.")
+        return cls(**dict(d))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_book_dict(self) -> dict[str, Any]:
+        """The book's config dict (GPT_CONFIG_124M keys), for code written against the book."""
+        return {k: getattr(self, k) for k in BOOK_KEYS}
+
+    def replace(self, **changes: Any) -> "GPTConfig":
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def head_dim(self) -> int:
+        return self.emb_dim // self.n_heads
+
+
+# Shapes of OpenAI's GPT-2 sizes. Trained from scratch they use the book's context of 256;
+# imported weights use 1024 (see ``preset(..., context_length=1024)``).
+GPT2_SHAPES: dict[str, dict[str, int]] = {
+    "gpt2-small": {"emb_dim": 768, "n_layers": 12, "n_heads": 12},  # 124M
+    "gpt2-medium": {"emb_dim": 1024, "n_layers": 24, "n_heads": 16},  # 355M
+    "gpt2-large": {"emb_dim": 1280, "n_layers": 36, "n_heads": 20},  # 774M
+    "gpt2-xl": {"emb_dim": 1600, "n_layers": 48, "n_heads": 25},  # 1558M
+}
+
+# Small shapes that learn something in minutes on a laptop CPU.
+CPU_SHAPES: dict[str, dict[str, Any]] = {
+    "tiny": {"emb_dim": 128, "n_layers": 2, "n_heads": 4, "context_length": 128, "tie_weights": True},
+    "mini": {"emb_dim": 256, "n_layers": 4, "n_heads": 8, "context_length": 256, "tie_weights": True},
+}
+
+PRESETS: dict[str, str] = {
+    "tiny": "2 layers, 128 wide, context 128 (CPU, minutes)",
+    "mini": "4 layers, 256 wide, context 256 (CPU, tens of minutes)",
+    "gpt2-small": "GPT-2 124M shape (12 layers, 768 wide)",
+    "gpt2-medium": "GPT-2 355M shape (24 layers, 1024 wide)",
+    "gpt2-large": "GPT-2 774M shape (36 layers, 1280 wide)",
+    "gpt2-xl": "GPT-2 1558M shape (48 layers, 1600 wide)",
+}
+
+
+def preset(name: str, **overrides: Any) -> GPTConfig:
+    """A named model shape; keyword arguments override any field (e.g. ``vocab_size=257``)."""
+    if name in GPT2_SHAPES:
+        base: dict[str, Any] = dict(GPT2_SHAPES[name], context_length=256)
+    elif name in CPU_SHAPES:
+        base = dict(CPU_SHAPES[name])
+    else:
+        raise ConfigError(f"Unknown preset {name!r}; choose one of: {', '.join(PRESETS)}.")
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    return GPTConfig(**base)
+
+
+# The book's dict, for reference and tests.
+GPT_CONFIG_124M: dict[str, Any] = {
+    "vocab_size": 50257,
+    "context_length": 256,
+    "emb_dim": 768,
+    "n_heads": 12,
+    "n_layers": 12,
+    "drop_rate": 0.1,
+    "qkv_bias": False,
+}
+
+__all__ = ["GPTConfig", "preset", "PRESETS", "GPT2_SHAPES", "GPT_CONFIG_124M", "BOOK_KEYS"]

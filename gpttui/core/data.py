@@ -1,0 +1,456 @@
+"""Corpora, tokenization with an on-disk cache, the book's sliding windows, and batch loaders.
+
+- ``read_corpus(spec)``: a text file, a folder of .txt/.md (documents joined by <|endoftext|>), or
+  ``builtin:pydoc``.
+- ``tokenize_corpus(corpus, tokenizer)``: tokenized once, in line-aligned chunks on several threads,
+  stored as a compact token file keyed by content hash + tokenizer; reopening does not re-tokenize.
+- ``TokenWindows``: the book's ``GPTDatasetV1`` windows (starts ``range(0, n - max_length, stride)``,
+  targets shifted by one), sliced on the fly: memory O(tokens), not O(windows x length).
+- ``BatchLoader``: the book's loaders (train shuffled with drop_last, val neither), seeded per epoch so
+  a data position is just (epoch, batch).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from gpttui.core import paths
+from gpttui.core.errors import DataError
+from gpttui.core.tokenizer import ENDOFTEXT, Tokenizer
+
+BUILTIN_SOURCES = {
+    "builtin:pydoc": "Python's reference manual topics, shipped in every CPython (~465k characters)",
+}
+TEXT_SUFFIXES = {".txt", ".md"}
+MAX_REPLACED_FRACTION = 0.01  # refuse a file when more than 1% of its bytes are not UTF-8
+CHUNK_CHARS = 1 << 16
+CACHE_VERSION = 1
+
+ProgressFn = Callable[[int, int], None]
+
+
+# --- reading ---------------------------------------------------------------------------------------
+
+@dataclass
+class Corpus:
+    source: str
+    label: str
+    text: str
+    n_files: int = 1
+    replaced_bytes: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def sha256(self) -> str:
+        if not hasattr(self, "_sha"):
+            self._sha = hashlib.sha256(self.text.encode("utf-8", errors="surrogatepass")).hexdigest()
+        return self._sha
+
+
+def _decode(path: Path, data: bytes) -> tuple[str, int]:
+    """UTF-8 text of a file, and how many bytes were replaced; DataError for binary files."""
+    if b"\x00" in data[:65536]:
+        raise DataError(f"{path} looks like a binary file (it contains NUL bytes), not text.")
+    text = data.decode("utf-8", errors="replace")
+    replaced = text.count("\ufffd") - data.count("\ufffd".encode())
+    if replaced and replaced > MAX_REPLACED_FRACTION * len(data):
+        raise DataError(
+            f"{path} is not UTF-8 text: {replaced:,} of its {len(data):,} bytes are not valid UTF-8. "
+            f"Convert it first, e.g. `iconv -f latin1 -t utf-8 {path.name} > {path.stem}.utf8.txt`."
+        )
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    return text, replaced
+
+
+def _builtin_pydoc() -> str:
+    from pydoc_data import topics
+
+    return "\n\n".join(topics.topics[k].strip() for k in sorted(topics.topics)) + "\n"
+
+
+def read_corpus(spec: str | os.PathLike) -> Corpus:
+    """Read a corpus: a text file, a folder of .txt/.md files, or a ``builtin:`` name."""
+    spec = str(spec).strip()
+    if not spec:
+        raise DataError("No data source given: name a text file, a folder, or builtin:pydoc.")
+    if spec.startswith("builtin:"):
+        if spec == "builtin:pydoc":
+            return Corpus(spec, "Python reference topics (built in)", _builtin_pydoc())
+        raise DataError(f"Unknown built-in corpus {spec!r}; available: {', '.join(BUILTIN_SOURCES)}.")
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise DataError(f"{path} does not exist.")
+    try:
+        if path.is_dir():
+            return _read_folder(spec, path)
+        data = path.read_bytes()
+    except PermissionError:
+        raise DataError(f"{path} cannot be read (permission denied).") from None
+    except OSError as exc:
+        raise DataError(f"{path} cannot be read: {exc.strerror or exc}.") from None
+    if not data.strip():
+        raise DataError(f"{path} is empty." if not data else f"{path} holds only whitespace.")
+    text, replaced = _decode(path, data)
+    corpus = Corpus(spec, path.name, text, 1, replaced)
+    if replaced:
+        corpus.warnings.append(f"{replaced:,} bytes that are not valid UTF-8 were replaced with U+FFFD.")
+    return corpus
+
+
+def _read_folder(spec: str, root: Path) -> Corpus:
+    files = sorted(
+        p for p in root.rglob("*")
+        if p.suffix.lower() in TEXT_SUFFIXES and p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
+    if not files:
+        raise DataError(f"{root} holds no .txt or .md files (searched recursively).")
+    docs, warnings, replaced = [], [], 0
+    for p in files:
+        try:
+            data = p.read_bytes()
+            if not data.strip():
+                continue
+            text, r = _decode(p, data)
+        except DataError as exc:
+            warnings.append(f"skipped {p.relative_to(root)}: {exc}")
+            continue
+        except OSError as exc:
+            warnings.append(f"skipped {p.relative_to(root)}: {exc.strerror or exc}")
+            continue
+        replaced += r
+        docs.append(text)
+    if not docs:
+        raise DataError(f"{root} has {len(files)} .txt/.md files but none holds usable text.")
+    if replaced:
+        warnings.append(f"{replaced:,} bytes that are not valid UTF-8 were replaced with U+FFFD.")
+    return Corpus(spec, f"{root.name}/ ({len(docs)} files)", ENDOFTEXT.join(docs), len(docs), replaced, warnings)
+
+
+# --- tokenizing, with a cache ----------------------------------------------------------------------
+
+def chunk_boundaries(text: str, target: int = CHUNK_CHARS) -> list[int]:
+    """Character offsets (0 ... len) at which the text can be cut without changing its tokens:
+    just before a newline that is followed by a non-space character.
+
+    GPT-2's pre-tokenizer splits a whitespace run that precedes a non-space character before the
+    run's last character (``\\s+(?!\\S)`` backs off by one), and only a literal space can join the
+    word after it. So a cut before such a newline falls on a piece boundary, and encoding the two
+    sides separately gives exactly the tokens of the whole text."""
+    bounds = [0]
+    n = len(text)
+    pos = target
+    while pos < n:
+        i = text.find("\n", pos)
+        while i != -1 and i + 1 < n and text[i + 1].isspace():
+            i = text.find("\n", i + 1)
+        if i == -1 or i + 1 >= n:
+            break
+        bounds.append(i)
+        pos = i + target
+    bounds.append(n)
+    return bounds
+
+
+@dataclass
+class TokenizedCorpus:
+    corpus: Corpus
+    tokenizer: Tokenizer
+    tokens: np.ndarray  # all tokens, uint16 when the vocabulary fits
+    char_offsets: np.ndarray  # chunk starts in characters (n_chunks + 1)
+    token_offsets: np.ndarray  # chunk starts in tokens (n_chunks + 1)
+    from_cache: bool = False
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.tokens.shape[0])
+
+    def split(self, train_ratio: float) -> tuple[np.ndarray, np.ndarray]:
+        """Token ids of ``text[:split]`` and ``text[split:]`` with ``split = int(ratio * chars)``,
+        each exactly as the book's separate ``tokenizer.encode`` calls give them. Only the chunk that
+        holds the split point is encoded again."""
+        if not 0.0 < train_ratio <= 1.0:
+            raise DataError(f"The train ratio must be in (0, 1] (got {train_ratio}).")
+        text = self.corpus.text
+        split = int(train_ratio * len(text))
+        k = int(np.searchsorted(self.char_offsets, split, side="right")) - 1
+        k = min(k, len(self.char_offsets) - 2)
+        c0, c1 = int(self.char_offsets[k]), int(self.char_offsets[k + 1])
+        t0, t1 = int(self.token_offsets[k]), int(self.token_offsets[k + 1])
+        if split == c0:
+            return np.asarray(self.tokens[:t0]), np.asarray(self.tokens[t0:])
+        dtype = self.tokens.dtype
+        head = np.asarray(self.tokenizer.encode(text[c0:split]), dtype=dtype)
+        tail = np.asarray(self.tokenizer.encode(text[split:c1]), dtype=dtype)
+        return np.concatenate([self.tokens[:t0], head]), np.concatenate([tail, self.tokens[t1:]])
+
+
+def _token_dtype(vocab_size: int):
+    return np.uint16 if vocab_size <= 65536 else np.uint32
+
+
+def tokenize_corpus(corpus: Corpus, tokenizer: Tokenizer, progress: ProgressFn | None = None,
+                    use_cache: bool = True, num_threads: int | None = None) -> TokenizedCorpus:
+    """Tokenize (or load from the cache) the whole corpus. ``progress(done_chars, total_chars)``."""
+    key = f"{corpus.sha256[:40]}-{tokenizer.name}-v{CACHE_VERSION}"
+    cache = paths.token_cache_dir()
+    tok_path, idx_path = cache / f"{key}.tokens.npy", cache / f"{key}.chunks.npy"
+    total = len(corpus.text)
+    if use_cache and tok_path.exists() and idx_path.exists():
+        try:
+            tokens = np.load(tok_path, mmap_mode="r")
+            index = np.load(idx_path)
+            if index.ndim == 2 and index.shape[1] == 2 and int(index[-1, 1]) == tokens.shape[0]:
+                if progress:
+                    progress(total, total)
+                return TokenizedCorpus(corpus, tokenizer, tokens, index[:, 0], index[:, 1], True)
+        except (OSError, ValueError):
+            pass  # a damaged cache entry is rebuilt below
+    bounds = chunk_boundaries(corpus.text)
+    threads = num_threads or max(1, min(8, os.cpu_count() or 1))
+    dtype = _token_dtype(tokenizer.vocab_size)
+    parts: list[np.ndarray] = []
+    counts = [0]
+    group = max(1, threads * 4)
+    if progress:
+        progress(0, total)
+    for g in range(0, len(bounds) - 1, group):
+        pieces = [corpus.text[bounds[i]:bounds[i + 1]] for i in range(g, min(g + group, len(bounds) - 1))]
+        for ids in tokenizer.encode_batch(pieces, num_threads=threads):
+            parts.append(np.asarray(ids, dtype=dtype))
+            counts.append(counts[-1] + len(ids))
+        if progress:
+            progress(bounds[min(g + group, len(bounds) - 1)], total)
+    tokens = np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
+    index = np.stack([np.asarray(bounds, dtype=np.int64), np.asarray(counts, dtype=np.int64)], axis=1)
+    if use_cache:
+        for path, arr in ((tok_path, tokens), (idx_path, index)):
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            try:
+                with open(tmp, "wb") as f:
+                    np.save(f, arr)
+                os.replace(tmp, path)
+            except OSError:
+                tmp.unlink(missing_ok=True)  # a full or read-only cache only costs speed
+    return TokenizedCorpus(corpus, tokenizer, tokens, index[:, 0], index[:, 1], False)
+
+
+# --- windows and loaders ---------------------------------------------------------------------------
+
+class TokenWindows(torch.utils.data.Dataset):
+    """The book's ``GPTDatasetV1`` without materialising the windows: window ``i`` starts at
+    ``i * stride``; input ``tokens[s:s+L]``, target ``tokens[s+1:s+L+1]``."""
+
+    def __init__(self, tokens: np.ndarray, max_length: int, stride: int) -> None:
+        if max_length < 1 or stride < 1:
+            raise DataError(f"Context length and stride must be positive (got {max_length}, {stride}).")
+        self.tokens = tokens
+        self.max_length = max_length
+        self.stride = stride
+        n = int(tokens.shape[0])
+        self._len = max(0, math.ceil((n - max_length) / stride))
+        self._offsets = np.arange(max_length + 1, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return self._len
+
+    def start(self, i: int) -> int:
+        return i * self.stride
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if i < 0:
+            i += self._len
+        if not 0 <= i < self._len:
+            raise IndexError(i)
+        s = i * self.stride
+        chunk = torch.from_numpy(np.asarray(self.tokens[s:s + self.max_length + 1], dtype=np.int64))
+        return chunk[:-1], chunk[1:]
+
+    def batch(self, indices: np.ndarray | torch.Tensor | list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and targets for several windows at once, as (B, L) int64 tensors."""
+        starts = np.asarray(indices, dtype=np.int64) * self.stride
+        rows = torch.from_numpy(np.asarray(self.tokens[starts[:, None] + self._offsets], dtype=np.int64))
+        return rows[:, :-1], rows[:, 1:]
+
+
+class BatchLoader:
+    """Batches of windows as the book's DataLoader gives them. With ``shuffle``, epoch ``e`` uses the
+    permutation ``randperm(n)`` of a generator seeded with ``seed + e``, so any position in training
+    is reproducible from ``(epoch, batch)`` alone."""
+
+    def __init__(self, windows: TokenWindows, batch_size: int, shuffle: bool, drop_last: bool,
+                 seed: int = 123) -> None:
+        if batch_size < 1:
+            raise DataError(f"Batch size must be positive (got {batch_size}).")
+        self.windows = windows
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.seed = seed
+
+    def __len__(self) -> int:
+        n = len(self.windows)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def order(self, epoch: int = 0) -> torch.Tensor:
+        n = len(self.windows)
+        if not self.shuffle:
+            return torch.arange(n)
+        return torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + epoch))
+
+    def epoch(self, epoch: int = 0, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = self.order(epoch).numpy()
+        bs = self.batch_size
+        for b in range(start_batch, len(self)):
+            yield self.windows.batch(order[b * bs:(b + 1) * bs])
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.epoch(0)
+
+    @property
+    def tokens_per_epoch(self) -> int:
+        return len(self) * self.batch_size * self.windows.max_length
+
+
+# --- putting it together ---------------------------------------------------------------------------
+
+@dataclass
+class DataSettings:
+    """The book's defaults: context 256, stride 256 (= context), batch 2, 90/10 split."""
+
+    source: str = "builtin:pydoc"
+    tokenizer: str = "gpt2"
+    context_length: int = 256
+    stride: int | None = None  # None: same as the context length
+    batch_size: int = 2
+    train_ratio: float = 0.9
+    seed: int = 123
+
+    @property
+    def effective_stride(self) -> int:
+        return self.stride or self.context_length
+
+
+@dataclass
+class DatasetStats:
+    characters: int
+    tokens: int
+    train_characters: int
+    val_characters: int
+    train_tokens: int
+    val_tokens: int
+    train_windows: int
+    val_windows: int
+    train_batches: int
+    val_batches: int
+    tokens_per_epoch: int
+    problems: list[str] = field(default_factory=list)  # block training
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def sanity_problems(train_tokens: int, val_tokens: int, s: DataSettings) -> list[str]:
+    """The book's checks, with the numbers: each split needs at least one full batch (train,
+    drop_last) or one window (validation) at this context length."""
+    L, st, bs = s.context_length, s.effective_stride, s.batch_size
+    problems = []
+    train_windows = max(0, math.ceil((train_tokens - L) / st))
+    if train_windows < bs:
+        best = train_tokens - (bs - 1) * st - 1
+        hint = f"lower the context length (at most {best} fits)" if best >= 1 else "use a larger corpus"
+        problems.append(
+            f"Not enough tokens for the training loader: the training split has {train_tokens:,} tokens, "
+            f"which gives {train_windows} window(s) of {L} tokens at stride {st}, fewer than one batch of "
+            f"{bs}. Try to {hint}, lower the batch size or stride, or increase the train ratio."
+        )
+    if val_tokens <= L:
+        hint = f"lower the context length (at most {val_tokens - 1} fits)" if val_tokens > 1 else "use a larger corpus"
+        problems.append(
+            f"Not enough tokens for the validation loader: the validation split has {val_tokens:,} tokens, "
+            f"no window of {L}+1 tokens fits. Try to {hint} or decrease the train ratio."
+        )
+    return problems
+
+
+@dataclass
+class PreparedData:
+    settings: DataSettings
+    corpus: Corpus
+    tokenized: TokenizedCorpus
+    train_tokens: np.ndarray
+    val_tokens: np.ndarray
+    train_loader: BatchLoader
+    val_loader: BatchLoader
+    stats: DatasetStats
+
+    def identity(self) -> dict:
+        """What a checkpoint records about its data."""
+        return {
+            "source": self.corpus.source,
+            "label": self.corpus.label,
+            "sha256": self.corpus.sha256,
+            "characters": len(self.corpus.text),
+            "tokenizer": self.tokenized.tokenizer.name,
+            "tokens": self.tokenized.n_tokens,
+            "train_ratio": self.settings.train_ratio,
+            "context_length": self.settings.context_length,
+            "stride": self.settings.effective_stride,
+            "batch_size": self.settings.batch_size,
+        }
+
+
+def prepare_data(settings: DataSettings, tokenizer: Tokenizer, corpus: Corpus | None = None,
+                 progress: ProgressFn | None = None, strict: bool = True) -> PreparedData:
+    """Read, tokenize (cached), split and window a corpus; build the two loaders and the stats.
+    With ``strict``, a corpus too small for the settings raises DataError with the book's advice."""
+    s = settings
+    if s.context_length < 1 or s.effective_stride < 1 or s.batch_size < 1:
+        raise DataError("Context length, stride and batch size must be positive integers.")
+    corpus = corpus or read_corpus(s.source)
+    tokenized = tokenize_corpus(corpus, tokenizer, progress=progress)
+    train, val = tokenized.split(s.train_ratio)
+    train_w = TokenWindows(train, s.context_length, s.effective_stride)
+    val_w = TokenWindows(val, s.context_length, s.effective_stride)
+    train_loader = BatchLoader(train_w, s.batch_size, shuffle=True, drop_last=True, seed=s.seed)
+    val_loader = BatchLoader(val_w, s.batch_size, shuffle=False, drop_last=False, seed=s.seed)
+    split_char = int(s.train_ratio * len(corpus.text))
+    stats = DatasetStats(
+        characters=len(corpus.text), tokens=tokenized.n_tokens,
+        train_characters=split_char, val_characters=len(corpus.text) - split_char,
+        train_tokens=len(train), val_tokens=len(val),
+        train_windows=len(train_w), val_windows=len(val_w),
+        train_batches=len(train_loader), val_batches=len(val_loader),
+        tokens_per_epoch=train_loader.tokens_per_epoch,
+        problems=sanity_problems(len(train), len(val), s),
+        warnings=list(corpus.warnings),
+    )
+    if tokenizer.vocab_size > 65536:
+        stats.warnings.append("Vocabulary above 65,536: tokens are stored as uint32.")
+    if strict and stats.problems:
+        raise DataError("\n".join(stats.problems))
+    return PreparedData(s, corpus, tokenized, train, val, train_loader, val_loader, stats)
+
+
+def corpus_fingerprint(spec: str) -> str:
+    """A cheap identity for a source path (for 'recent sources' lists): path + size + mtime."""
+    p = Path(spec).expanduser()
+    if spec.startswith("builtin:") or not p.exists():
+        return spec
+    st = p.stat()
+    return json.dumps([str(p.resolve()), st.st_size, int(st.st_mtime)])

@@ -1,0 +1,220 @@
+"""The GPT model of chapter 4/5 of "Build a Large Language Model (From Scratch)".
+
+Parameter names are the book's (``tok_emb``, ``trf_blocks.{i}.att.W_query`` ...), so a state_dict
+saved by the book's code loads as is and ours loads into the book's code. The math is the book's,
+computed through torch's fused kernels: causal ``scaled_dot_product_attention``, ``F.layer_norm``
+(eps 1e-5, biased variance) and tanh-approximated ``F.gelu``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gpttui.core.config import GPTConfig
+
+
+class KVCache:
+    """Keys and values of past positions, one entry per layer, for incremental decoding."""
+
+    def __init__(self, n_layers: int) -> None:
+        self.keys: list[torch.Tensor | None] = [None] * n_layers
+        self.values: list[torch.Tensor | None] = [None] * n_layers
+
+    @property
+    def length(self) -> int:
+        k = self.keys[0]
+        return 0 if k is None else k.shape[2]
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.keys[layer] is not None:
+            k = torch.cat([self.keys[layer], k], dim=2)
+            v = torch.cat([self.values[layer], v], dim=2)
+        self.keys[layer], self.values[layer] = k, v
+        return k, v
+
+    def crop(self, length: int) -> None:
+        """Keep the first ``length`` positions."""
+        for i, (k, v) in enumerate(zip(self.keys, self.values)):
+            if k is not None:
+                self.keys[i], self.values[i] = k[:, :, :length], v[:, :, :length]
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Select batch rows (beam search)."""
+        for i, (k, v) in enumerate(zip(self.keys, self.values)):
+            if k is not None:
+                self.keys[i], self.values[i] = k.index_select(0, index), v.index_select(0, index)
+
+
+class MultiHeadAttention(nn.Module):
+    def __init__(self, d_in: int, d_out: int, context_length: int, dropout: float, num_heads: int,
+                 qkv_bias: bool = False) -> None:
+        super().__init__()
+        assert d_out % num_heads == 0, "d_out must be divisible by num_heads"
+        self.d_out = d_out
+        self.num_heads = num_heads
+        self.head_dim = d_out // num_heads
+        self.context_length = context_length
+        self.W_query = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.W_key = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.W_value = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.out_proj = nn.Linear(d_out, d_out)
+        self.dropout = dropout
+        # The book keeps a (context x context) ``mask`` buffer; SDPA's causal mode replaces it.
+        # Book state_dicts carry it, so it is dropped on load (see _load_from_state_dict).
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
+        state_dict.pop(prefix + "mask", None)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        b, t, _ = x.shape
+        shape = (b, t, self.num_heads, self.head_dim)
+        q = self.W_query(x).view(shape).transpose(1, 2)
+        k = self.W_key(x).view(shape).transpose(1, 2)
+        v = self.W_value(x).view(shape).transpose(1, 2)
+        past = 0
+        if cache is not None:
+            past_k = cache.keys[layer]
+            past = 0 if past_k is None else past_k.shape[2]
+            k, v = cache.append(layer, k, v)
+        dropout_p = self.dropout if self.training else 0.0
+        if past == 0:
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+        elif t == 1:
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+        else:  # several new positions after a cached prefix: causal mask shifted by `past`
+            total = k.shape[2]
+            mask = torch.ones(t, total, dtype=torch.bool, device=x.device).tril(diagonal=total - t)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+        out = out.transpose(1, 2).reshape(b, t, self.d_out)
+        return self.out_proj(out)
+
+
+class LayerNorm(nn.Module):
+    def __init__(self, emb_dim: int) -> None:
+        super().__init__()
+        self.eps = 1e-5
+        self.scale = nn.Parameter(torch.ones(emb_dim))
+        self.shift = nn.Parameter(torch.zeros(emb_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, (x.shape[-1],), self.scale, self.shift, self.eps)
+
+
+class GELU(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(x, approximate="tanh")
+
+
+class FeedForward(nn.Module):
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Linear(cfg.emb_dim, 4 * cfg.emb_dim),
+            GELU(),
+            nn.Linear(4 * cfg.emb_dim, cfg.emb_dim),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        self.att = MultiHeadAttention(cfg.emb_dim, cfg.emb_dim, cfg.context_length, cfg.drop_rate,
+                                      cfg.n_heads, cfg.qkv_bias)
+        self.ff = FeedForward(cfg)
+        self.norm1 = LayerNorm(cfg.emb_dim)
+        self.norm2 = LayerNorm(cfg.emb_dim)
+        self.drop_shortcut = nn.Dropout(cfg.drop_rate)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        x = x + self.drop_shortcut(self.att(self.norm1(x), cache, layer))
+        x = x + self.drop_shortcut(self.ff(self.norm2(x)))
+        return x
+
+
+class GPTModel(nn.Module):
+    """The book's ``GPTModel``. Accepts a :class:`GPTConfig` or the book's config dict."""
+
+    def __init__(self, cfg: GPTConfig | Mapping[str, Any]) -> None:
+        super().__init__()
+        if not isinstance(cfg, GPTConfig):
+            cfg = GPTConfig.from_dict(cfg)
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.emb_dim)
+        self.pos_emb = nn.Embedding(cfg.context_length, cfg.emb_dim)
+        self.drop_emb = nn.Dropout(cfg.drop_rate)
+        self.trf_blocks = nn.Sequential(*[TransformerBlock(cfg) for _ in range(cfg.n_layers)])
+        self.final_norm = LayerNorm(cfg.emb_dim)
+        self.out_head = nn.Linear(cfg.emb_dim, cfg.vocab_size, bias=False)
+        if cfg.tie_weights:
+            # A shared N(0, 1) embedding would make the initial logits huge: use GPT-2's 0.02.
+            nn.init.normal_(self.tok_emb.weight, std=0.02)
+            self.out_head.weight = self.tok_emb.weight
+
+    def forward(self, in_idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        _, seq_len = in_idx.shape
+        start = cache.length if cache is not None else 0
+        if start + seq_len > self.cfg.context_length:
+            raise ValueError(
+                f"Sequence of {start + seq_len} tokens exceeds the context length "
+                f"{self.cfg.context_length}; crop the input to the last {self.cfg.context_length} tokens."
+            )
+        positions = torch.arange(start, start + seq_len, device=in_idx.device)
+        x = self.drop_emb(self.tok_emb(in_idx) + self.pos_emb(positions))
+        for i, block in enumerate(self.trf_blocks):
+            x = block(x, cache, i)
+        return self.out_head(self.final_norm(x))
+
+    def new_cache(self) -> KVCache:
+        return KVCache(self.cfg.n_layers)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Parameters as the book counts them: shared (tied) tensors once."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def parameter_count(cfg: GPTConfig) -> int:
+    """The same figure as :func:`count_parameters`, from the config alone (no model built)."""
+    e, v = cfg.emb_dim, cfg.vocab_size
+    qkv = 3 * e * e + (3 * e if cfg.qkv_bias else 0)
+    per_layer = qkv + (e * e + e) + (e * 4 * e + 4 * e) + (4 * e * e + e) + 4 * e
+    head = 0 if cfg.tie_weights else v * e
+    return v * e + cfg.context_length * e + cfg.n_layers * per_layer + 2 * e + head
+
+
+def training_memory_estimate(cfg: GPTConfig, batch_size: int, bytes_per_param: int = 4) -> int:
+    """Rough bytes to train with AdamW: weights, grads, two moments, plus activations."""
+    params = parameter_count(cfg)
+    t, e, h = cfg.context_length, cfg.emb_dim, cfg.n_heads
+    per_layer_act = batch_size * t * (34 * e + 5 * h * t) * bytes_per_param // 2
+    logits = 3 * batch_size * t * cfg.vocab_size * 4
+    return params * 16 + cfg.n_layers * per_layer_act + logits
+
+
+def book_state_dict(model: GPTModel) -> dict[str, torch.Tensor]:
+    """Our weights under the book's exact keys, ``att.mask`` buffers included, untied copies."""
+    cfg = model.cfg
+    sd = {k.removeprefix("_orig_mod."): v.detach().clone() for k, v in model.state_dict().items()}
+    mask = torch.triu(torch.ones(cfg.context_length, cfg.context_length), diagonal=1)
+    out: dict[str, torch.Tensor] = {}
+    for key, value in sd.items():
+        out[key] = value
+        if key.endswith(".att.out_proj.bias"):
+            out[key.replace(".att.out_proj.bias", ".att.mask")] = mask.clone()
+    return out
+
+
+def perplexity(loss: float) -> float:
+    try:
+        return math.exp(loss)
+    except OverflowError:
+        return float("inf")
