@@ -1,0 +1,478 @@
+"""Command line: ``gpttui`` opens the app; subcommands run the same engine headless."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import signal
+import sys
+from typing import Any, Sequence
+
+from gpttui import __version__
+from gpttui.core.errors import GPTTUIError
+
+EXIT_ERROR = 2
+
+
+# --- output helpers ----------------------------------------------------------------------------------
+
+class Out:
+    """Writes to stdout, and stops writing (without failing the run) once the terminal is gone,
+    e.g. after the SSH link closed."""
+
+    def __init__(self) -> None:
+        self.alive = True
+
+    def __call__(self, text: str = "", err: bool = False) -> None:
+        if not self.alive:
+            return
+        try:
+            stream = sys.stderr if err else sys.stdout
+            stream.write(text + "\n")
+            stream.flush()
+        except (OSError, ValueError):
+            self.alive = False
+
+
+def _fmt_time(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "?"
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def _fmt_size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if size < 1024 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+# --- data / tokenizer / model info -------------------------------------------------------------------
+
+def _data_settings(args: argparse.Namespace, defaults: dict[str, Any] | None = None):
+    from gpttui.core.data import DataSettings
+
+    d = DataSettings()
+    defaults = defaults or {}
+
+    def pick(name: str, fallback: Any) -> Any:
+        value = getattr(args, name, None)
+        return value if value is not None else defaults.get(name, fallback)
+
+    context = pick("context_length", d.context_length)
+    return DataSettings(
+        source=pick("data", d.source),
+        tokenizer=pick("tokenizer", d.tokenizer),
+        context_length=context,
+        stride=pick("stride", None) or context,
+        batch_size=pick("batch_size", d.batch_size),
+        train_ratio=pick("train_ratio", d.train_ratio),
+        seed=pick("seed", d.seed),
+    )
+
+
+def cmd_data_stats(args: argparse.Namespace) -> int:
+    from gpttui.core.data import prepare_data
+    from gpttui.core.tokenizer import get_tokenizer
+
+    out = Out()
+    settings = _data_settings(args)
+    tokenizer = get_tokenizer(settings.tokenizer)
+    prepared = prepare_data(settings, tokenizer, strict=False)
+    s = prepared.stats
+    if args.json:
+        out(json.dumps({"source": prepared.corpus.source, "settings": settings.__dict__, **s.to_dict()}))
+        return 0 if s.ok else 1
+    out(f"Source       {prepared.corpus.label}  ({prepared.corpus.source})")
+    out(f"Tokenizer    {tokenizer.name}  ({getattr(tokenizer, 'source', '')})")
+    out(f"Characters   {s.characters:,}   (train {s.train_characters:,} / val {s.val_characters:,})")
+    out(f"Tokens       {s.tokens:,}   (train {s.train_tokens:,} / val {s.val_tokens:,})")
+    out(f"Windows      train {s.train_windows:,} / val {s.val_windows:,}   "
+        f"(context {settings.context_length}, stride {settings.effective_stride})")
+    out(f"Batches      train {s.train_batches:,} / val {s.val_batches:,} per epoch   (batch {settings.batch_size})")
+    out(f"Tokens/epoch {s.tokens_per_epoch:,}")
+    for w in s.warnings:
+        out(f"warning: {w}")
+    for p in s.problems:
+        out(f"error: {p}")
+    return 0 if s.ok else 1
+
+
+def cmd_tokenizer_import(args: argparse.Namespace) -> int:
+    from gpttui.core.tokenizer import import_gpt2_files
+
+    dest = import_gpt2_files(args.directory)
+    Out()(f"GPT-2 tokenizer files verified and copied to {dest}")
+    return 0
+
+
+def cmd_tokenizer_encode(args: argparse.Namespace) -> int:
+    from gpttui.core.tokenizer import get_tokenizer
+
+    tok = get_tokenizer(args.tokenizer)
+    ids = tok.encode(args.text)
+    if args.json:
+        Out()(json.dumps({"tokenizer": tok.name, "ids": ids, "pieces": [tok.token_bytes(i).decode("utf-8", "replace") for i in ids]}))
+    else:
+        Out()(" ".join(str(i) for i in ids))
+    return 0
+
+
+def cmd_tokenizer_info(args: argparse.Namespace) -> int:
+    from gpttui.core.tokenizer import TOKENIZERS, get_tokenizer
+
+    out = Out()
+    for name, desc in TOKENIZERS.items():
+        try:
+            tok = get_tokenizer(name, download=not args.offline)
+            out(f"{name:6} ok       {desc}  [from {getattr(tok, 'source', '')}]")
+        except GPTTUIError as exc:
+            out(f"{name:6} missing  {desc}\n{exc}")
+    return 0
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    from gpttui.core.config import PRESETS, preset
+    from gpttui.core.model import parameter_count
+
+    out = Out()
+    for name, desc in PRESETS.items():
+        cfg = preset(name)
+        out(f"{name:12} {parameter_count(cfg) / 1e6:8.1f}M params  {desc}")
+    return 0
+
+
+# --- train -----------------------------------------------------------------------------------------
+
+def _model_config(args: argparse.Namespace, vocab_size: int):
+    from gpttui.core.config import preset
+
+    return preset(
+        args.preset,
+        vocab_size=vocab_size,
+        context_length=args.context_length,
+        n_layers=args.n_layers,
+        n_heads=args.n_heads,
+        emb_dim=args.emb_dim,
+        drop_rate=args.drop_rate,
+        qkv_bias=args.qkv_bias,
+        tie_weights=args.tie_weights,
+    )
+
+
+TRAIN_FIELDS = ("epochs", "max_steps", "lr", "min_lr", "weight_decay", "warmup_steps", "grad_clip", "grad_accum",
+                "eval_freq", "eval_iter", "start_context", "sample_tokens", "seed", "device", "dtype",
+                "checkpoint_every")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from gpttui.core import checkpoints
+    from gpttui.core.data import prepare_data
+    from gpttui.core.tokenizer import get_tokenizer
+    from gpttui.core.train import (CheckpointEvent, EvalEvent, FailedEvent, FinishedEvent, SampleEvent,
+                                   Started, StateEvent, StepEvent, TrainConfig, TrainControl, Trainer)
+
+    out = Out()
+    saved_train: dict[str, Any] = {}
+    data_defaults: dict[str, Any] = {}
+    if args.resume:
+        info = checkpoints.show(args.resume)
+        saved_train = dict(info.get("train_config") or {})
+        ds = info.get("dataset") or {}
+        data_defaults = {k: ds[k] for k in ("context_length", "stride", "batch_size", "train_ratio") if k in ds}
+        data_defaults.setdefault("context_length", (info.get("model_config") or {}).get("context_length"))
+        if info.get("tokenizer"):
+            data_defaults["tokenizer"] = info["tokenizer"]
+        if "source" in ds and args.data is None:
+            data_defaults["data"] = ds["source"]
+    settings = _data_settings(args, data_defaults)
+    tokenizer = get_tokenizer(settings.tokenizer)
+    prepared = prepare_data(settings, tokenizer, progress=None)
+    for w in prepared.stats.warnings:
+        out(f"warning: {w}", err=True)
+
+    values = {k: v for k, v in saved_train.items() if k in TRAIN_FIELDS}
+    for name in TRAIN_FIELDS:
+        value = getattr(args, name, None)
+        if value is not None:
+            values[name] = value
+    if args.grad_clip == 0:
+        values["grad_clip"] = None
+    values["compile"] = bool(args.compile)
+    values["save_name"] = args.save or args.resume
+    config = TrainConfig.from_dict(values)
+    model_config = None if args.resume else _model_config(args, tokenizer.vocab_size)
+
+    control = TrainControl()
+    caught: list[int] = []
+
+    def on_signal(signum, frame):  # finish the step, save, exit non-zero
+        if caught:  # a second Ctrl+C: stop now
+            raise KeyboardInterrupt
+        caught.append(signum)
+        control.stop(save=True, reason="interrupted")
+        out(f"\n{signal.Signals(signum).name}: finishing the current step and saving...", err=True)
+
+    for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if sig is not None:
+            signal.signal(sig, on_signal)
+
+    state: dict[str, Any] = {"last_step": None}
+
+    def on_event(event) -> None:
+        if args.json:
+            from gpttui.core.train import _jsonable
+
+            out(json.dumps(_jsonable(event.to_dict())))
+            return
+        if isinstance(event, Started):
+            resumed = f", resumed from {event.resumed_from} at step {event.start_step}" if event.resumed_from else ""
+            out(f"Training {event.n_params:,} parameters on {event.device} ({event.dtype}){resumed}: "
+                f"{event.total_steps:,} steps, {event.tokens_per_step:,} tokens/step. Run: {event.run_dir}")
+        elif isinstance(event, StepEvent):
+            state["last_step"] = event
+        elif isinstance(event, EvalEvent):
+            last = state["last_step"]
+            extra = f", {last.tokens_per_sec:,.0f} tok/s, ETA {_fmt_time(last.eta)}" if last else ""
+            out(f"Ep {event.epoch} (Step {event.step:06d}): Train loss {event.train_loss:.3f}, "
+                f"Val loss {event.val_loss:.3f}{extra}")
+        elif isinstance(event, SampleEvent):
+            out(event.text.replace("\n", " "))
+        elif isinstance(event, CheckpointEvent):
+            out(f"Saved checkpoint {event.name!r} at step {event.step} -> {event.path}")
+        elif isinstance(event, StateEvent):
+            out("Paused." if event.paused else "Resumed.")
+        elif isinstance(event, FinishedEvent):
+            best = f", best val loss {event.best_val_loss:.3f}" if event.best_val_loss is not None else ""
+            out(f"Finished ({event.reason}) after step {event.step} in {_fmt_time(event.elapsed)}, "
+                f"{event.tokens_seen:,} tokens seen{best}.")
+        elif isinstance(event, FailedEvent):
+            last = f" Last checkpoint: {event.last_checkpoint}." if event.last_checkpoint else ""
+            out(f"error: {event.message}{last}", err=True)
+
+    trainer = Trainer(prepared, tokenizer, config, model_config, callback=on_event, control=control,
+                      resume=args.resume)
+    final = trainer.run()
+    if isinstance(final, FailedEvent):
+        return 1
+    if caught:
+        return 128 + caught[0]
+    return 0
+
+
+# --- checkpoints -----------------------------------------------------------------------------------
+
+def cmd_ckpt_list(args: argparse.Namespace) -> int:
+    from gpttui.core import checkpoints
+
+    out = Out()
+    items = checkpoints.list_checkpoints()
+    if args.json:
+        out(json.dumps([{"name": c.name, "path": str(c.path), "size_bytes": c.size_bytes, "error": c.error,
+                         **(c.meta or {})} for c in items], default=str))
+        return 0
+    if not items:
+        out("No checkpoints yet. Train one with `gpttui train --save NAME`.")
+        return 0
+    out(f"{'NAME':24} {'SOURCE':14} {'PARAMS':>9} {'STEP':>7} {'VAL LOSS':>8} {'SIZE':>9}  CREATED")
+    for c in items:
+        if c.error:
+            out(f"{c.name:24} (unreadable: {c.error})")
+            continue
+        m = c.meta
+        params = m.get("n_params")
+        val = m.get("best_val_loss")
+        out(f"{c.name:24} {m.get('source', '?'):14} "
+            f"{(f'{params / 1e6:.1f}M' if params else '?'):>9} {m.get('step', 0):>7} "
+            f"{(f'{val:.3f}' if isinstance(val, (int, float)) else '-'):>8} {_fmt_size(c.size_bytes):>9}  "
+            f"{str(m.get('created', ''))[:19]}")
+    return 0
+
+
+def cmd_ckpt_show(args: argparse.Namespace) -> int:
+    from gpttui.core import checkpoints
+
+    info = checkpoints.show(args.name)
+    if args.json:
+        Out()(json.dumps(info, default=str))
+    else:
+        Out()(json.dumps(info, indent=2, default=str))
+    return 0
+
+
+def cmd_ckpt_rename(args: argparse.Namespace) -> int:
+    from gpttui.core import checkpoints
+
+    checkpoints.rename_checkpoint(args.old, args.new)
+    Out()(f"Renamed {args.old!r} to {args.new!r}.")
+    return 0
+
+
+def cmd_ckpt_delete(args: argparse.Namespace) -> int:
+    from gpttui.core import checkpoints
+
+    if not args.yes and sys.stdin.isatty():
+        answer = input(f"Delete checkpoint {args.name!r}? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            Out()("Not deleted.")
+            return 1
+    checkpoints.delete_checkpoint(args.name)
+    Out()(f"Deleted {args.name!r}.")
+    return 0
+
+
+def cmd_ckpt_export(args: argparse.Namespace) -> int:
+    from gpttui.core import checkpoints
+
+    path = checkpoints.export_book(args.name, args.path, with_optimizer=args.with_optimizer)
+    Out()(f"Exported {args.name!r} to {path or args.path} (the book's "
+          f"{'model_and_optimizer.pth dict' if args.with_optimizer else 'model.pth state_dict'}).")
+    return 0
+
+
+def cmd_ckpt_import(args: argparse.Namespace) -> int:
+    from gpttui.core import checkpoints
+    from gpttui.core.config import GPTConfig
+
+    config = None
+    if args.n_heads:
+        sd_cfg = checkpoints.infer_book_config(args.path) if hasattr(checkpoints, "infer_book_config") else None
+        if sd_cfg is not None:
+            config = sd_cfg.replace(n_heads=args.n_heads)
+    path = checkpoints.import_book(args.path, args.name, config=config)
+    Out()(f"Imported {args.path} as checkpoint {args.name!r} ({path}).")
+    return 0
+
+
+# --- parser ----------------------------------------------------------------------------------------
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", help="text file, folder of .txt/.md, or builtin:pydoc (default)")
+    p.add_argument("--tokenizer", choices=["gpt2", "bytes"], help="default gpt2")
+    p.add_argument("--context-length", type=int, help="tokens per window (default 256)")
+    p.add_argument("--stride", type=int, help="window stride (default: the context length)")
+    p.add_argument("--batch-size", type=int, help="default 2")
+    p.add_argument("--train-ratio", type=float, help="share of characters for training (default 0.9)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gpttui", description="Train GPT models from scratch and talk to them.")
+    parser.add_argument("--version", action="version", version=f"gpttui {__version__}")
+    sub = parser.add_subparsers(dest="command")
+
+    p = sub.add_parser("train", help="train (or continue training) a model, headless")
+    _add_data_args(p)
+    p.add_argument("--preset", default="gpt2-small",
+                   help="tiny, mini, gpt2-small (default), gpt2-medium, gpt2-large, gpt2-xl")
+    p.add_argument("--n-layers", type=int)
+    p.add_argument("--n-heads", type=int)
+    p.add_argument("--emb-dim", type=int)
+    p.add_argument("--drop-rate", type=float)
+    p.add_argument("--qkv-bias", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--tie-weights", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--epochs", type=int, help="default 10")
+    p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
+    p.add_argument("--lr", type=float, help="peak learning rate (default 4e-4)")
+    p.add_argument("--min-lr", type=float, help="cosine-decay the lr to this after warmup (default: constant)")
+    p.add_argument("--weight-decay", type=float, help="default 0.1")
+    p.add_argument("--warmup-steps", type=int, help="linear warmup steps (default 0)")
+    p.add_argument("--grad-clip", type=float, help="clip the gradient norm (default off; 0 = off)")
+    p.add_argument("--grad-accum", type=int, help="batches per optimizer step (default 1)")
+    p.add_argument("--eval-freq", type=int, help="evaluate every N steps (default 5)")
+    p.add_argument("--eval-iter", type=int, help="batches per evaluation (default 5)")
+    p.add_argument("--start-context", help='prompt for samples (default "Every effort moves you")')
+    p.add_argument("--sample-tokens", type=int, help="tokens per sample (default 50)")
+    p.add_argument("--seed", type=int, help="default 123")
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N, mps")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], help="default fp32")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--save", metavar="NAME", help="checkpoint name (default: run-<id>, or the resumed name)")
+    p.add_argument("--resume", metavar="NAME", help="continue training a checkpoint")
+    p.add_argument("--checkpoint-every", type=int, metavar="N", help="also save every N steps")
+    p.add_argument("--json", action="store_true", help="one JSON object per event on stdout")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("data", help="inspect a corpus")
+    dsub = p.add_subparsers(dest="data_command", required=True)
+    q = dsub.add_parser("stats", help="characters, tokens, windows, batches and the sanity checks")
+    _add_data_args(q)
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_data_stats)
+
+    p = sub.add_parser("tokenizer", help="GPT-2 tokenizer files")
+    tsub = p.add_subparsers(dest="tokenizer_command", required=True)
+    q = tsub.add_parser("import", help="copy encoder.json + vocab.bpe from DIR (verified) for offline use")
+    q.add_argument("directory")
+    q.set_defaults(func=cmd_tokenizer_import)
+    q = tsub.add_parser("encode", help="show the token ids of a text")
+    q.add_argument("text")
+    q.add_argument("--tokenizer", default="gpt2", choices=["gpt2", "bytes"])
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_tokenizer_encode)
+    q = tsub.add_parser("info", help="which tokenizers are available, and from where")
+    q.add_argument("--offline", action="store_true", help="do not try to download")
+    q.set_defaults(func=cmd_tokenizer_info)
+
+    p = sub.add_parser("presets", help="model presets and their sizes")
+    p.set_defaults(func=cmd_presets)
+
+    p = sub.add_parser("checkpoints", help="list, show, rename, delete, export, import checkpoints")
+    csub = p.add_subparsers(dest="checkpoints_command", required=True)
+    q = csub.add_parser("list")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_ckpt_list)
+    q = csub.add_parser("show")
+    q.add_argument("name")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_ckpt_show)
+    q = csub.add_parser("rename")
+    q.add_argument("old")
+    q.add_argument("new")
+    q.set_defaults(func=cmd_ckpt_rename)
+    q = csub.add_parser("delete")
+    q.add_argument("name")
+    q.add_argument("-y", "--yes", action="store_true", help="do not ask")
+    q.set_defaults(func=cmd_ckpt_delete)
+    q = csub.add_parser("export", help="write the book's model.pth state_dict")
+    q.add_argument("name")
+    q.add_argument("path")
+    q.add_argument("--with-optimizer", action="store_true", help="the book's model_and_optimizer.pth dict")
+    q.set_defaults(func=cmd_ckpt_export)
+    q = csub.add_parser("import", help="import the book's model.pth / model_and_optimizer.pth (safe loading)")
+    q.add_argument("path")
+    q.add_argument("name")
+    q.add_argument("--n-heads", type=int, help="attention heads, when the width is not a GPT-2 size")
+    q.set_defaults(func=cmd_ckpt_import)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        try:
+            from gpttui.tui.app import run_app  # noqa: F401  (the app arrives with the UI issues)
+        except ImportError:
+            parser.print_help()
+            return 0
+        return run_app()
+    try:
+        return int(args.func(args) or 0)
+    except GPTTUIError as exc:
+        Out()(f"error: {exc}", err=True)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        Out()("Interrupted.", err=True)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

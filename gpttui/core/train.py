@@ -1,0 +1,738 @@
+"""The training engine: the book's ``train_model_simple`` made dependable.
+
+Same semantics as the book (AdamW, evaluation every ``eval_freq`` steps on ``eval_iter`` batches,
+a greedy sample after each epoch, tokens seen counted per input batch), plus warmup + cosine decay,
+gradient clipping and accumulation, bf16 autocast, fused AdamW, optional ``torch.compile``, exact
+resume from checkpoints, and a run directory with an append-only JSONL of events.
+
+The trainer never touches a UI: it reports through event dataclasses given to a callback, and is
+controlled from any thread through :class:`TrainControl` (pause / resume / stop / save now), honoured
+at step boundaries.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Iterator
+
+import numpy as np
+import torch
+
+from gpttui import __version__
+from gpttui.core import paths
+from gpttui.core.config import GPTConfig
+from gpttui.core.data import PreparedData
+from gpttui.core.errors import ConfigError, GPTTUIError
+from gpttui.core.generate import sample_text
+from gpttui.core.model import GPTModel, count_parameters, perplexity
+from gpttui.core.tokenizer import Tokenizer
+
+# --- configuration ---------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainConfig:
+    """Training settings; the defaults are the book's chapter-5 run."""
+
+    epochs: int = 10
+    max_steps: int | None = None
+    lr: float = 4e-4
+    min_lr: float | None = None  # with a value: cosine decay to it after warmup
+    weight_decay: float = 0.1
+    warmup_steps: int = 0
+    grad_clip: float | None = None
+    grad_accum: int = 1
+    eval_freq: int = 5
+    eval_iter: int = 5
+    start_context: str = "Every effort moves you"
+    sample_tokens: int = 50
+    sample_at_eval: bool = False
+    seed: int = 123
+    device: str = "auto"
+    dtype: str = "fp32"  # fp32 | bf16
+    compile: bool = False
+    save_name: str | None = None
+    checkpoint_every: int = 0
+
+    def validate(self) -> None:
+        problems = []
+        if self.epochs < 1:
+            problems.append("epochs must be at least 1")
+        if self.max_steps is not None and self.max_steps < 1:
+            problems.append("max steps must be at least 1")
+        if not self.lr > 0:
+            problems.append("learning rate must be positive")
+        if self.min_lr is not None and not 0 <= self.min_lr <= self.lr:
+            problems.append("min lr must be between 0 and lr")
+        if self.weight_decay < 0:
+            problems.append("weight decay must not be negative")
+        if self.warmup_steps < 0:
+            problems.append("warmup steps must not be negative")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            problems.append("grad clip must be positive (or off)")
+        if self.grad_accum < 1:
+            problems.append("grad accumulation must be at least 1")
+        if self.eval_freq < 1 or self.eval_iter < 1:
+            problems.append("eval freq and eval iter must be at least 1")
+        if self.dtype not in ("fp32", "bf16"):
+            problems.append(f"dtype must be fp32 or bf16 (got {self.dtype!r})")
+        if self.checkpoint_every < 0:
+            problems.append("checkpoint-every must not be negative")
+        if problems:
+            raise ConfigError("Invalid training config: " + "; ".join(problems) + ".")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
+    """Learning rate for 0-based ``step``: linear warmup to ``lr``, then constant (the book's
+    default) or cosine decay to ``min_lr`` at the last step."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.min_lr is None:
+        return cfg.lr
+    decay_steps = max(1, total_steps - cfg.warmup_steps - 1)
+    progress = min(1.0, (step - cfg.warmup_steps) / decay_steps)
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"Unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("CUDA was asked for but no CUDA GPU is available; use --device cpu or auto.")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError("MPS was asked for but is not available; use --device cpu or auto.")
+    return device
+
+
+# --- events ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Event:
+    event: ClassVar[str] = "event"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"event": self.event, **dataclasses.asdict(self)}
+
+
+@dataclass
+class Started(Event):
+    event: ClassVar[str] = "started"
+    run_id: str
+    run_dir: str
+    config: dict
+    model_config: dict
+    n_params: int
+    device: str
+    dtype: str
+    total_steps: int
+    steps_per_epoch: float
+    tokens_per_step: int
+    start_step: int = 0
+    resumed_from: str | None = None
+    dataset: dict = field(default_factory=dict)
+
+
+@dataclass
+class StepEvent(Event):
+    event: ClassVar[str] = "step"
+    step: int  # the book's global_step: 0 for the first optimizer step
+    epoch: int  # 1-based, as the book prints it
+    tokens_seen: int
+    loss: float
+    lr: float
+    grad_norm: float
+    tokens_per_sec: float
+    elapsed: float
+    total_steps: int
+    eta: float | None = None
+
+
+@dataclass
+class EvalEvent(Event):
+    event: ClassVar[str] = "eval"
+    step: int
+    epoch: int
+    tokens_seen: int
+    train_loss: float
+    val_loss: float
+    train_ppl: float
+    val_ppl: float
+    best_val_loss: float
+
+
+@dataclass
+class SampleEvent(Event):
+    event: ClassVar[str] = "sample"
+    step: int
+    epoch: int
+    prompt: str
+    text: str
+
+
+@dataclass
+class CheckpointEvent(Event):
+    event: ClassVar[str] = "checkpoint"
+    step: int
+    name: str
+    path: str
+
+
+@dataclass
+class StateEvent(Event):
+    """Paused or running again."""
+
+    event: ClassVar[str] = "state"
+    paused: bool
+    step: int
+
+
+@dataclass
+class FinishedEvent(Event):
+    event: ClassVar[str] = "finished"
+    reason: str  # completed | stopped | interrupted
+    step: int
+    tokens_seen: int
+    elapsed: float
+    checkpoint: str | None = None
+    best_val_loss: float | None = None
+
+
+@dataclass
+class FailedEvent(Event):
+    event: ClassVar[str] = "failed"
+    message: str
+    step: int
+    last_checkpoint: str | None = None
+
+
+EVENT_TYPES = {cls.event: cls for cls in (Started, StepEvent, EvalEvent, SampleEvent, CheckpointEvent,
+                                          StateEvent, FinishedEvent, FailedEvent)}
+Callback = Callable[[Event], None]
+
+
+# --- control -------------------------------------------------------------------------------------
+
+
+class TrainControl:
+    """Pause / resume / stop / save-now from any thread; the trainer honours them between steps."""
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._running = threading.Event()
+        self._running.set()
+        self._save_now = threading.Event()
+        self.save_on_stop = True
+        self.stop_reason = "stopped"
+
+    def pause(self) -> None:
+        self._running.clear()
+
+    def resume(self) -> None:
+        self._running.set()
+
+    def stop(self, save: bool = True, reason: str = "stopped") -> None:
+        self.save_on_stop = save
+        self.stop_reason = reason
+        self._stop.set()
+        self._running.set()  # wake a paused trainer
+
+    def request_save(self) -> None:
+        self._save_now.set()
+
+    @property
+    def paused(self) -> bool:
+        return not self._running.is_set()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
+    def take_save_request(self) -> bool:
+        if self._save_now.is_set():
+            self._save_now.clear()
+            return True
+        return False
+
+    def wait_while_paused(self) -> None:
+        self._running.wait()
+
+
+# --- run directory -------------------------------------------------------------------------------
+
+
+class RunLog:
+    """``$GPTTUI_HOME/runs/<id>/``: config.json and an append-only events.jsonl, flushed per event."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        self.dir = paths.runs_dir() / run_id
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._events = open(self.dir / "events.jsonl", "a", encoding="utf-8")
+
+    def write_config(self, config: dict) -> None:
+        tmp = self.dir / "config.json.tmp"
+        tmp.write_text(json.dumps(config, indent=2, default=str), encoding="utf-8")
+        os.replace(tmp, self.dir / "config.json")
+
+    def append(self, event: Event) -> None:
+        self._events.write(json.dumps(_jsonable(event.to_dict())) + "\n")
+        self._events.flush()
+
+    def close(self) -> None:
+        self._events.close()
+
+
+def _jsonable(d: dict) -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, float) and not math.isfinite(v):
+            v = None if math.isnan(v) else ("inf" if v > 0 else "-inf")
+        elif isinstance(v, dict):
+            v = _jsonable(v)
+        out[k] = v
+    return out
+
+
+def new_run_id() -> str:
+    return datetime.now().strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+
+
+def read_run_events(run_dir: str | Path) -> list[dict]:
+    """The events of a run so far (another process may still be appending)."""
+    events = []
+    path = Path(run_dir) / "events.jsonl"
+    if not path.exists():
+        return events
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.endswith("\n"):
+                try:
+                    events.append(json.loads(line))
+                except json.JSONDecodeError:
+                    pass
+    return events
+
+
+# --- RNG state, for exact resume -------------------------------------------------------------------
+
+
+def capture_rng(device: torch.device) -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": _py_random_state()}
+    np_state = np.random.get_state()
+    state["numpy"] = {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                      "has_gauss": int(np_state[3]), "gauss": float(np_state[4])}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def restore_rng(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if "python" in state:
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+    if "numpy" in state:
+        n = state["numpy"]
+        np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _py_random_state() -> list:
+    version, internal, gauss = random.getstate()
+    return [version, list(internal), gauss]
+
+
+# --- the trainer ---------------------------------------------------------------------------------
+
+
+class NonFiniteLoss(GPTTUIError):
+    pass
+
+
+@dataclass
+class _Position:
+    step: int = 0  # optimizer steps done
+    epoch: int = 0  # 0-based epoch of the next batch
+    batch: int = 0  # index of the next batch within that epoch
+    tokens_seen: int = 0
+    best_val_loss: float = float("inf")
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """The book's AdamW over all parameters; fused where torch supports it on this device."""
+    params = list(model.parameters())
+    if device.type in ("cuda", "cpu", "mps"):
+        try:
+            return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+        except (RuntimeError, TypeError):
+            pass
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+class Trainer:
+    """Builds (or resumes) a model and trains it on ``data``, reporting through ``callback``.
+
+    ``model_config`` is the shape for a new model; with ``resume`` (a checkpoint name) the model,
+    optimizer, RNG and data position come from the checkpoint instead. ``run()`` blocks until the
+    run ends, so call it from a worker thread when a UI is waiting.
+    """
+
+    def __init__(self, data: PreparedData, tokenizer: Tokenizer, config: TrainConfig,
+                 model_config: GPTConfig | None = None, callback: Callback | None = None,
+                 control: TrainControl | None = None, resume: str | None = None,
+                 run_id: str | None = None) -> None:
+        config.validate()
+        if model_config is None and resume is None:
+            raise ConfigError("Give a model config for a new model, or a checkpoint to resume.")
+        self.data = data
+        self.tokenizer = tokenizer
+        self.config = config
+        self.model_config = model_config
+        self.callback = callback or (lambda e: None)
+        self.control = control or TrainControl()
+        self.resume = resume
+        self.run_id = run_id or new_run_id()
+        self.save_name = config.save_name or f"run-{self.run_id}"
+        self.model: GPTModel | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.pos = _Position()
+        self.last_checkpoint: str | None = None
+        self.history: dict[str, list] = {"train_losses": [], "val_losses": [], "tokens_seen": [], "steps": []}
+        self._log: RunLog | None = None
+
+    # -- reporting
+    def _emit(self, event: Event) -> None:
+        if self._log is not None:
+            try:
+                self._log.append(event)
+            except OSError:
+                pass  # a full disk must not kill the run; the UI still gets the event
+        self.callback(event)
+
+    # -- set-up
+    def _build(self) -> tuple[torch.device, int]:
+        cfg = self.config
+        device = pick_device(cfg.device)
+        if device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        vocab = self.tokenizer.vocab_size
+        if self.resume:
+            from gpttui.core import checkpoints
+
+            loaded = checkpoints.load_checkpoint(self.resume, device="cpu", load_optimizer=True)
+            meta = loaded.meta
+            if loaded.config.vocab_size < vocab:
+                raise ConfigError(
+                    f"Checkpoint {self.resume!r} has a vocabulary of {loaded.config.vocab_size}, "
+                    f"smaller than the {self.tokenizer.name} tokenizer's {vocab}.")
+            if meta.get("tokenizer") and meta["tokenizer"] != self.tokenizer.name:
+                raise ConfigError(f"Checkpoint {self.resume!r} was trained with the {meta['tokenizer']} "
+                                  f"tokenizer, not {self.tokenizer.name}.")
+            self.model = loaded.model
+            self.model_config = loaded.config
+            same_data = (meta.get("dataset") or {}).get("sha256") == self.data.corpus.sha256
+            state = loaded.trainer_state or {}
+            if loaded.optimizer_state is not None and state:
+                pos = state.get("position", {})
+                self.pos = _Position(int(pos.get("step", 0)), int(pos.get("epoch", 0)), int(pos.get("batch", 0)),
+                                     int(pos.get("tokens_seen", 0)), float(pos.get("best_val_loss", float("inf"))))
+                if not same_data:  # new text: keep the counters, start its data from the top
+                    self.pos.epoch, self.pos.batch = 0, 0
+                self.history = state.get("history", self.history)
+                self._resume_opt = loaded.optimizer_state
+                self._resume_rng = state.get("rng")
+            else:
+                self._resume_opt, self._resume_rng = None, None
+        else:
+            assert self.model_config is not None
+            if self.model_config.vocab_size != vocab:
+                self.model_config = self.model_config.replace(vocab_size=vocab)
+            torch.manual_seed(cfg.seed)
+            self.model = GPTModel(self.model_config)
+            self._resume_opt, self._resume_rng = None, None
+        if self.model_config.context_length < self.data.settings.context_length:
+            raise ConfigError(
+                f"The data's context length ({self.data.settings.context_length}) exceeds the model's "
+                f"({self.model_config.context_length}); lower the data's context length.")
+        self.model.to(device)
+        self.optimizer = make_optimizer(self.model, cfg, device)
+        if self._resume_opt is not None:
+            self.optimizer.load_state_dict(self._resume_opt)
+        return device, count_parameters(self.model)
+
+    def _total_steps(self) -> tuple[int, float]:
+        batches = len(self.data.train_loader)
+        per_epoch = batches / self.config.grad_accum
+        total = (self.config.epochs * batches) // self.config.grad_accum
+        if self.config.max_steps:
+            total = min(total, self.config.max_steps) if self.config.epochs else self.config.max_steps
+        return max(total, 0), per_epoch
+
+    def _batches(self) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor]]:
+        """(epoch, batch index, inputs, targets) from the current data position on."""
+        loader = self.data.train_loader
+        epoch, start = self.pos.epoch, self.pos.batch
+        while epoch < self.config.epochs:
+            for b, (x, y) in enumerate(loader.epoch(epoch, start), start=start):
+                yield epoch, b, x, y
+            epoch, start = epoch + 1, 0
+
+    # -- evaluation and samples
+    @torch.no_grad()
+    def evaluate(self, device: torch.device) -> tuple[float, float]:
+        """The book's ``evaluate_model``: mean loss over ``eval_iter`` batches of each split; the
+        training batches are drawn from a fresh shuffle (as the book's DataLoader gives them)."""
+        model, n = self.model, self.config.eval_iter
+        model.eval()
+        try:
+            train = self.data.train_loader
+            order = train.order(epoch=1_000_003 + self.pos.step).numpy()
+            bs = train.batch_size
+            train_batches = [train.windows.batch(order[i * bs:(i + 1) * bs]) for i in range(min(n, len(train)))]
+            val_batches = []
+            for i, batch in enumerate(self.data.val_loader):
+                if i >= n:
+                    break
+                val_batches.append(batch)
+            return self._mean_loss(train_batches, device), self._mean_loss(val_batches, device)
+        finally:
+            model.train()
+
+    def _mean_loss(self, batches: list, device: torch.device) -> float:
+        if not batches:
+            return float("nan")
+        total = 0.0
+        for x, y in batches:
+            with self._autocast(device):
+                logits = self.model(x.to(device))
+            total += torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y.to(device).flatten()).item()
+        return total / len(batches)
+
+    def _autocast(self, device: torch.device):
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.config.dtype == "bf16")
+
+    def _sample(self, device: torch.device, epoch: int) -> None:
+        if not self.config.start_context or self.config.sample_tokens <= 0:
+            return
+        with self._autocast(device):
+            text = sample_text(self.model, self.tokenizer, self.config.start_context, self.config.sample_tokens,
+                               self.model_config.context_length, device)
+        self._emit(SampleEvent(self.pos.step - 1, epoch, self.config.start_context, text))
+
+    # -- checkpoints
+    def trainer_state(self, device: torch.device) -> dict[str, Any]:
+        p = self.pos
+        return {
+            "position": {"step": p.step, "epoch": p.epoch, "batch": p.batch, "tokens_seen": p.tokens_seen,
+                         "best_val_loss": p.best_val_loss},
+            "rng": capture_rng(device),
+            "history": self.history,
+            "run_id": self.run_id,
+        }
+
+    def save(self, device: torch.device, name: str | None = None) -> str:
+        from gpttui.core import checkpoints
+
+        name = name or self.save_name
+        p = self.pos
+        if not all(bool(torch.isfinite(t).all()) for t in self.model.parameters()):
+            where = (f"the last good checkpoint is {self.last_checkpoint!r}" if self.last_checkpoint
+                     else "no checkpoint was saved in this run")
+            raise NonFiniteLoss(f"The weights became non-finite by step {p.step}; they were not saved, {where}. "
+                                "Try a lower learning rate, warmup or gradient clipping.")
+        meta = {
+            "source": "trained",
+            "tokenizer": self.tokenizer.name,
+            "train_config": self.config.to_dict(),
+            "step": p.step,
+            "epoch": p.epoch + (1 if p.batch == 0 and p.step else 0),
+            "tokens_seen": p.tokens_seen,
+            "best_val_loss": p.best_val_loss if math.isfinite(p.best_val_loss) else None,
+            "last_train_loss": self.history["train_losses"][-1] if self.history["train_losses"] else None,
+            "last_val_loss": self.history["val_losses"][-1] if self.history["val_losses"] else None,
+            "dataset": self.data.identity(),
+            "run_id": self.run_id,
+            "run_dir": str(self._log.dir) if self._log else None,
+        }
+        path = checkpoints.save_checkpoint(name, self.model, optimizer=self.optimizer, meta=meta,
+                                           trainer_state=self.trainer_state(device))
+        self.last_checkpoint = name
+        self._emit(CheckpointEvent(p.step - 1, name, str(path)))
+        return name
+
+    # -- the loop
+    def run(self) -> Event:
+        """Train until done, stopped or failed; returns the final (finished or failed) event."""
+        start_time = time.perf_counter()
+        try:
+            self._log = RunLog(self.run_id)
+        except OSError as exc:
+            event = FailedEvent(f"Cannot create the run directory: {exc}", 0)
+            self.callback(event)
+            return event
+        try:
+            return self._run(start_time)
+        except GPTTUIError as exc:
+            event: Event = FailedEvent(str(exc), self.pos.step - 1, self.last_checkpoint)
+        except torch.OutOfMemoryError:
+            event = FailedEvent("Out of memory. Lower the batch size or context length, use a smaller model, "
+                                "or use --dtype bf16 / gradient accumulation.", self.pos.step - 1, self.last_checkpoint)
+        except Exception as exc:  # the UI must survive anything; the message says what happened
+            event = FailedEvent(f"{type(exc).__name__}: {exc}", self.pos.step - 1, self.last_checkpoint)
+        self._emit(event)
+        self._log.close()
+        return event
+
+    def _run(self, start_time: float) -> Event:
+        cfg = self.config
+        device, n_params = self._build()
+        total_steps, per_epoch = self._total_steps()
+        if total_steps < 1:
+            raise ConfigError("Nothing to train: the training loader has fewer batches than one optimizer step.")
+        model = self.model
+        train_model: torch.nn.Module = torch.compile(model) if cfg.compile else model
+        tokens_per_step = self.data.settings.batch_size * self.data.settings.context_length * cfg.grad_accum
+        self._log.write_config({"train_config": cfg.to_dict(), "model_config": self.model_config.to_dict(),
+                                "dataset": self.data.identity(), "resume": self.resume,
+                                "gpttui_version": __version__, "created": _now()})
+        self._emit(Started(self.run_id, str(self._log.dir), cfg.to_dict(), self.model_config.to_dict(), n_params,
+                           str(device), cfg.dtype, total_steps, per_epoch, tokens_per_step, self.pos.step,
+                           self.resume, self.data.identity()))
+        if self._resume_rng is not None:
+            restore_rng(self._resume_rng, device)
+        model.train()
+        params = [p for p in model.parameters()]
+        clip = cfg.grad_clip if cfg.grad_clip else float("inf")
+        tps_ema: float | None = None
+        step_times: list[float] = []
+        batches = self._batches()
+        micro = 0
+        step_start = time.perf_counter()
+        step_loss = 0.0
+        reason = "completed"
+        epoch_ended = sampled_last = False
+        while self.pos.step < total_steps:
+            if micro == 0:  # control is honoured between optimizer steps only
+                if self.control.stopped:
+                    reason = self.control.stop_reason
+                    break
+                if self.control.paused:
+                    self._emit(StateEvent(True, self.pos.step - 1))
+                    self.control.wait_while_paused()
+                    self._emit(StateEvent(False, self.pos.step - 1))
+                    step_start = time.perf_counter()
+                    continue
+            try:
+                epoch, b, x, y = next(batches)
+            except StopIteration:
+                break
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with self._autocast(device):
+                logits = train_model(x)
+            loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                self.optimizer.zero_grad(set_to_none=True)
+                where = (f"the last good checkpoint is {self.last_checkpoint!r}" if self.last_checkpoint
+                         else "no checkpoint was saved in this run")
+                raise NonFiniteLoss(
+                    f"The loss became {loss_value} at step {self.pos.step} (epoch {epoch + 1}); training stopped "
+                    f"before applying it, {where}. Try a lower learning rate, warmup or gradient clipping.")
+            (loss / cfg.grad_accum).backward()
+            step_loss += loss_value / cfg.grad_accum
+            self.pos.tokens_seen += x.numel()
+            if b + 1 >= len(self.data.train_loader):
+                self.pos.epoch, self.pos.batch = epoch + 1, 0
+                epoch_ended = True
+            else:
+                self.pos.epoch, self.pos.batch = epoch, b + 1
+            micro += 1
+            if micro < cfg.grad_accum:
+                continue
+            micro = 0
+            lr = lr_at(self.pos.step, cfg, total_steps)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            step = self.pos.step
+            self.pos.step += 1
+            now = time.perf_counter()
+            dt = max(now - step_start, 1e-9)
+            tps = tokens_per_step / dt
+            tps_ema = tps if tps_ema is None else 0.9 * tps_ema + 0.1 * tps
+            step_times.append(dt)
+            recent = step_times[-50:]
+            eta = (sum(recent) / len(recent)) * (total_steps - self.pos.step)
+            self._emit(StepEvent(step, epoch + 1, self.pos.tokens_seen, step_loss, lr, grad_norm, tps_ema,
+                                 now - start_time, total_steps, eta))
+            step_loss = 0.0
+            sampled_last = False
+            if step % cfg.eval_freq == 0:
+                train_loss, val_loss = self.evaluate(device)
+                if math.isfinite(val_loss):
+                    self.pos.best_val_loss = min(self.pos.best_val_loss, val_loss)
+                self.history["train_losses"].append(train_loss)
+                self.history["val_losses"].append(val_loss)
+                self.history["tokens_seen"].append(self.pos.tokens_seen)
+                self.history["steps"].append(step)
+                self._emit(EvalEvent(step, epoch + 1, self.pos.tokens_seen, train_loss, val_loss,
+                                     perplexity(train_loss), perplexity(val_loss), self.pos.best_val_loss))
+                if cfg.sample_at_eval:
+                    self._sample(device, epoch + 1)
+                    sampled_last = True
+            if epoch_ended and not sampled_last:  # the book's sample after each epoch
+                self._sample(device, epoch + 1)
+                sampled_last = True
+            epoch_ended = False
+            if cfg.checkpoint_every and self.pos.step % cfg.checkpoint_every == 0:
+                self.save(device)
+            if self.control.take_save_request():
+                self.save(device)
+            step_start = time.perf_counter()
+        if reason == "completed" and self.pos.step > 0 and not sampled_last:
+            self._sample(device, self.pos.epoch + (0 if self.pos.batch == 0 else 1))
+        checkpoint = None
+        if reason == "completed" or self.control.save_on_stop:
+            if self.pos.step > 0 or self.resume:
+                checkpoint = self.save(device)
+        best = self.pos.best_val_loss if math.isfinite(self.pos.best_val_loss) else None
+        event = FinishedEvent(reason, self.pos.step - 1, self.pos.tokens_seen, time.perf_counter() - start_time,
+                              checkpoint, best)
+        self._emit(event)
+        self._log.close()
+        return event
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
