@@ -70,7 +70,7 @@ def _data_settings(args: argparse.Namespace, defaults: dict[str, Any] | None = N
         source=pick("data", d.source),
         tokenizer=pick("tokenizer", d.tokenizer),
         context_length=context,
-        stride=pick("stride", None) or context,
+        stride=pick("stride", None),
         batch_size=pick("batch_size", d.batch_size),
         train_ratio=pick("train_ratio", d.train_ratio),
         seed=pick("seed", d.seed),
@@ -286,7 +286,7 @@ def cmd_ckpt_list(args: argparse.Namespace) -> int:
             out(f"{c.name:24} (unreadable: {c.error})")
             continue
         m = c.meta
-        params = m.get("n_params")
+        params = m.get("parameter_count")
         val = m.get("best_val_loss")
         out(f"{c.name:24} {m.get('source', '?'):14} "
             f"{(f'{params / 1e6:.1f}M' if params else '?'):>9} {m.get('step', 0):>7} "
@@ -338,14 +338,8 @@ def cmd_ckpt_export(args: argparse.Namespace) -> int:
 
 def cmd_ckpt_import(args: argparse.Namespace) -> int:
     from gpttui.core import checkpoints
-    from gpttui.core.config import GPTConfig
 
-    config = None
-    if args.n_heads:
-        sd_cfg = checkpoints.infer_book_config(args.path) if hasattr(checkpoints, "infer_book_config") else None
-        if sd_cfg is not None:
-            config = sd_cfg.replace(n_heads=args.n_heads)
-    path = checkpoints.import_book(args.path, args.name, config=config)
+    path = checkpoints.import_book(args.path, args.name, n_heads=args.n_heads, tokenizer=args.tokenizer)
     Out()(f"Imported {args.path} as checkpoint {args.name!r} ({path}).")
     return 0
 
@@ -448,6 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("path")
     q.add_argument("name")
     q.add_argument("--n-heads", type=int, help="attention heads, when the width is not a GPT-2 size")
+    q.add_argument("--tokenizer", default="gpt2", choices=["gpt2", "bytes"], help="the tokenizer it was trained with")
     q.set_defaults(func=cmd_ckpt_import)
     return parser
 

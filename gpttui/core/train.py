@@ -16,7 +16,6 @@ import dataclasses
 import json
 import math
 import os
-import random
 import secrets
 import threading
 import time
@@ -25,7 +24,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator
 
-import numpy as np
 import torch
 
 from gpttui import __version__
@@ -340,36 +338,6 @@ def read_run_events(run_dir: str | Path) -> list[dict]:
     return events
 
 
-# --- RNG state, for exact resume -------------------------------------------------------------------
-
-
-def capture_rng(device: torch.device) -> dict[str, Any]:
-    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": _py_random_state()}
-    np_state = np.random.get_state()
-    state["numpy"] = {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                      "has_gauss": int(np_state[3]), "gauss": float(np_state[4])}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def restore_rng(state: dict[str, Any], device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    if "python" in state:
-        version, internal, gauss = state["python"]
-        random.setstate((version, tuple(internal), gauss))
-    if "numpy" in state:
-        n = state["numpy"]
-        np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
-def _py_random_state() -> list:
-    version, internal, gauss = random.getstate()
-    return [version, list(internal), gauss]
-
-
 # --- the trainer ---------------------------------------------------------------------------------
 
 
@@ -550,11 +518,13 @@ class Trainer:
 
     # -- checkpoints
     def trainer_state(self, device: torch.device) -> dict[str, Any]:
+        from gpttui.core import checkpoints
+
         p = self.pos
         return {
             "position": {"step": p.step, "epoch": p.epoch, "batch": p.batch, "tokens_seen": p.tokens_seen,
                          "best_val_loss": p.best_val_loss},
-            "rng": capture_rng(device),
+            "rng": checkpoints.capture_rng_state(),
             "history": self.history,
             "run_id": self.run_id,
         }
@@ -628,7 +598,9 @@ class Trainer:
                            str(device), cfg.dtype, total_steps, per_epoch, tokens_per_step, self.pos.step,
                            self.resume, self.data.identity()))
         if self._resume_rng is not None:
-            restore_rng(self._resume_rng, device)
+            from gpttui.core import checkpoints
+
+            checkpoints.restore_rng_state(self._resume_rng)
         model.train()
         params = [p for p in model.parameters()]
         clip = cfg.grad_clip if cfg.grad_clip else float("inf")
