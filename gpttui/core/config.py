@@ -33,8 +33,12 @@ class GPTConfig:
                 problems.append(f"{name} must be a positive integer (got {value!r})")
         if not problems and self.emb_dim % self.n_heads:
             problems.append(f"emb_dim ({self.emb_dim}) must be divisible by n_heads ({self.n_heads})")
-        if not 0.0 <= float(self.drop_rate) < 1.0:
-            problems.append(f"drop_rate must be in [0, 1) (got {self.drop_rate})")
+        try:
+            drop_ok = 0.0 <= float(self.drop_rate) < 1.0
+        except (TypeError, ValueError):
+            drop_ok = False
+        if not drop_ok:
+            problems.append(f"drop_rate must be a number in [0, 1) (got {self.drop_rate!r})")
         if problems:
             raise ConfigError("Invalid model config: " + "; ".join(problems) + ".")
 

@@ -29,11 +29,12 @@ from gpttui.core.tokenizer import ENDOFTEXT, Tokenizer
 
 BUILTIN_SOURCES = {
     "builtin:pydoc": "Python's reference manual topics, shipped in every CPython (~465k characters)",
+    "builtin:pydoc-20k": "the first ~20k characters of builtin:pydoc, the size of the book's short story",
 }
 TEXT_SUFFIXES = {".txt", ".md"}
 MAX_REPLACED_FRACTION = 0.01  # refuse a file when more than 1% of its bytes are not UTF-8
 CHUNK_CHARS = 1 << 16
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: boundaries no longer cut before <|endoftext|>
 
 ProgressFn = Callable[[int, int], None]
 
@@ -86,6 +87,10 @@ def read_corpus(spec: str | os.PathLike) -> Corpus:
     if spec.startswith("builtin:"):
         if spec == "builtin:pydoc":
             return Corpus(spec, "Python reference topics (built in)", _builtin_pydoc())
+        if spec == "builtin:pydoc-20k":
+            text = _builtin_pydoc()
+            return Corpus(spec, "Python reference topics, first 20k characters (built in)",
+                          text[:text.index("\n", 20_479) + 1])
         raise DataError(f"Unknown built-in corpus {spec!r}; available: {', '.join(BUILTIN_SOURCES)}.")
     path = Path(spec).expanduser()
     if not path.exists():
@@ -152,7 +157,9 @@ def chunk_boundaries(text: str, target: int = CHUNK_CHARS) -> list[int]:
     pos = target
     while pos < n:
         i = text.find("\n", pos)
-        while i != -1 and i + 1 < n and text[i + 1].isspace():
+        # Not before whitespace, nor before <|endoftext|>: special tokens are split off first, so
+        # for the pre-tokenizer the text ends there (a cut in "\n\n<|endoftext|>" would split 628).
+        while i != -1 and i + 1 < n and (text[i + 1].isspace() or text.startswith(ENDOFTEXT, i + 1)):
             i = text.find("\n", i + 1)
         if i == -1 or i + 1 >= n:
             break
@@ -189,6 +196,10 @@ class TokenizedCorpus:
         t0, t1 = int(self.token_offsets[k]), int(self.token_offsets[k + 1])
         if split == c0:
             return np.asarray(self.tokens[:t0]), np.asarray(self.tokens[t0:])
+        if k > 0 and split == c0 + 1:
+            # text[:split] would end on the boundary's newline, which then merges with whitespace
+            # before it ("\n\n" is one token at the end of a text): re-encode the previous chunk too.
+            c0, t0 = int(self.char_offsets[k - 1]), int(self.token_offsets[k - 1])
         dtype = self.tokens.dtype
         head = np.asarray(self.tokenizer.encode(text[c0:split]), dtype=dtype)
         tail = np.asarray(self.tokenizer.encode(text[split:c1]), dtype=dtype)
@@ -372,7 +383,9 @@ def sanity_problems(train_tokens: int, val_tokens: int, s: DataSettings) -> list
     problems = []
     train_windows = max(0, math.ceil((train_tokens - L) / st))
     if train_windows < bs:
-        best = train_tokens - (bs - 1) * st - 1
+        # With the stride following the context length (stride None), a shorter context also shortens
+        # the stride: then n > bs * L is what fits.
+        best = (train_tokens - 1) // bs if not s.stride else train_tokens - (bs - 1) * st - 1
         hint = f"lower the context length (at most {best} fits)" if best >= 1 else "use a larger corpus"
         problems.append(
             f"Not enough tokens for the training loader: the training split has {train_tokens:,} tokens, "

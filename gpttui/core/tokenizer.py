@@ -223,7 +223,11 @@ def load_gpt2(download: bool = True) -> GPT2Tokenizer:
 
         tok: GPT2Tokenizer | None = None
         problems: list[str] = []
-        if _tiktoken_cached_files() is not None:
+        cached = _tiktoken_cached_files()
+        damaged = [n for n, p in (cached or {}).items() if _sha256(p.read_bytes()) != GPT2_FILES[n][1]]
+        if damaged:  # tiktoken would delete the entry and go to the network, even with download=False
+            problems.append(f"tiktoken cache: {', '.join(damaged)} there fails the sha256 check")
+        elif cached is not None:
             try:
                 tok = GPT2Tokenizer(tiktoken.get_encoding("gpt2"))
                 tok.source = "tiktoken cache"
