@@ -1,0 +1,160 @@
+"""The app shell: one screen per job, a shared state, and the training session the screens watch."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Callable, Iterable
+
+from textual import on
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen, Screen
+from textual.widgets import Button, Label
+
+from gpttui.core.data import DataSettings
+from gpttui.core.train import CheckpointEvent, Event, FailedEvent, FinishedEvent
+from gpttui.tui.dataset_screen import DatasetScreen
+from gpttui.tui.messages import TrainingEvent
+from gpttui.tui.state import AppState
+from gpttui.tui.train_screen import TrainScreen
+
+
+class QuitScreen(ModalScreen[str]):
+    """Asked when quitting while a run is in progress."""
+
+    BINDINGS = [Binding("escape", "dismiss('cancel')", "Cancel")]
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="quit-dialog", classes="dialog"):
+            yield Label("A training run is in progress. Stop it before quitting?")
+            with Horizontal(classes="dialog-buttons"):
+                yield Button("Stop, save and quit", id="save", variant="primary")
+                yield Button("Quit without saving", id="nosave", variant="error")
+                yield Button("Cancel", id="cancel")
+
+    @on(Button.Pressed)
+    def _pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id or "cancel")
+
+
+class GPTTUIApp(App):
+    CSS_PATH = "gpttui.tcss"
+    TITLE = "gpttui"
+    MODES = {"dataset": DatasetScreen, "train": TrainScreen}
+    DEFAULT_MODE = "dataset"
+    BINDINGS = [
+        Binding("f2", "switch_mode('dataset')", "Dataset", priority=True),
+        Binding("f3", "switch_mode('train')", "Train", priority=True),
+        Binding("ctrl+q", "quit", "Quit", priority=True),
+    ]
+
+    def __init__(self, state: AppState | None = None) -> None:
+        super().__init__()
+        self.state = state or AppState()
+        self.training_events: list[Event] = []
+        self._event_signal: asyncio.Event | None = None
+
+    # -- header
+    def refresh_header(self) -> None:
+        parts = [{"dataset": "Dataset", "train": "Train"}.get(self.current_mode, self.current_mode.title())]
+        prepared = self.state.prepared
+        if prepared is not None:
+            parts.append(prepared.corpus.label)
+        session = self.state.session
+        if session.label:
+            parts.append(f"model {session.label} ({session.history.status})")
+        self.sub_title = "  ·  ".join(parts)
+
+    # -- training events (posted from the trainer's thread)
+    def on_training_event(self, message: TrainingEvent) -> None:
+        event = message.event
+        self.training_events.append(event)
+        if isinstance(event, FailedEvent):
+            self.notify(event.message, title="Training failed", severity="error", timeout=15)
+        elif isinstance(event, FinishedEvent):
+            where = f", saved as {event.checkpoint!r}" if event.checkpoint else ""
+            self.notify(f"Training {event.reason}{where}.", title="Training finished")
+        elif isinstance(event, CheckpointEvent):
+            self.notify(f"Saved checkpoint {event.name!r} (step {event.step + 1}).")
+        self.refresh_header()
+        if self._event_signal is not None:
+            self._event_signal.set()
+
+    async def wait_for_event(self, predicate: Callable[[Event], bool], timeout: float = 300.0) -> Event:
+        """The first training event (already received or still to come) that matches."""
+        if self._event_signal is None:
+            self._event_signal = asyncio.Event()
+
+        async def waiter() -> Event:
+            seen = 0
+            while True:
+                for event in self.training_events[seen:]:
+                    if predicate(event):
+                        return event
+                seen = len(self.training_events)
+                self._event_signal.clear()
+                await self._event_signal.wait()
+
+        return await asyncio.wait_for(waiter(), timeout)
+
+    # -- quitting
+    async def action_quit(self) -> None:
+        session = self.state.session
+        if not session.running:
+            self.exit()
+            return
+
+        def answered(choice: str | None) -> None:
+            if choice in ("save", "nosave"):
+                self.run_worker(self._stop_and_exit(save=choice == "save"), group="quit")
+
+        self.push_screen(QuitScreen(), answered)
+
+    async def _stop_and_exit(self, save: bool) -> None:
+        session = self.state.session
+        session.stop(save=save)
+        self.notify("Stopping after the current step…" + (" then saving." if save else ""))
+        if session.worker is not None:
+            await session.worker.wait()
+        self.exit()
+
+    def on_unmount(self) -> None:
+        # Never leave a training thread behind: it checks for this between steps.
+        self.state.session.stop(save=True)
+
+    # -- command palette
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        yield SystemCommand("Dataset screen", "Pick a corpus and data settings (F2)",
+                            lambda: self.switch_mode("dataset"))
+        yield SystemCommand("Train screen", "Model, optimiser and the training monitor (F3)",
+                            lambda: self.switch_mode("train"))
+        yield SystemCommand("Use the built-in corpus", "Python's reference manual, shipped with CPython",
+                            self._use_builtin)
+        if isinstance(screen, TrainScreen):
+            yield SystemCommand("Start training", "Start a run with the settings on screen (F5)", screen.action_start)
+            if self.state.session.running:
+                yield SystemCommand("Pause or resume training", "(F6)", screen.action_pause)
+                yield SystemCommand("Stop training and save", "(F7)", screen.action_stop)
+                yield SystemCommand("Save a checkpoint now", "(F8)", screen.action_save)
+
+    def _use_builtin(self) -> None:
+        self.switch_mode("dataset")
+        screen = self.screen
+        if isinstance(screen, DatasetScreen):
+            screen.action_builtin()
+
+
+def create_app(state: AppState | None = None, settings: DataSettings | None = None) -> GPTTUIApp:
+    """The app, built the same way for users and tests (tests pass their own state/settings)."""
+    state = state or AppState()
+    if settings is not None:
+        state.settings = settings
+    return GPTTUIApp(state)
+
+
+def run_app() -> int:
+    app = create_app()
+    app.run()
+    return app.return_code or 0

@@ -1,0 +1,264 @@
+"""Dataset screen: pick a corpus, set the book's data settings, see the numbers and the checks."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Iterable
+
+from rich.markup import escape
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import (Button, DirectoryTree, Footer, Header, Input, Label, OptionList, ProgressBar, Select,
+                             Static)
+from textual.widgets.option_list import Option
+
+from gpttui.core.data import TEXT_SUFFIXES, DataSettings, prepare_data, read_corpus
+from gpttui.core.errors import GPTTUIError
+from gpttui.core.tokenizer import TOKENIZERS, get_tokenizer
+from gpttui.tui.messages import DatasetFailed, DatasetProgress, DatasetReady
+from gpttui.tui.state import load_recent, remember_source
+from gpttui.tui.widgets import Field, read_field
+
+BUILTIN = "builtin:pydoc"
+PREVIEW_LINES = 12
+
+
+class TextTree(DirectoryTree):
+    """Folders and text files only."""
+
+    def filter_paths(self, paths: Iterable[Path]) -> Iterable[Path]:
+        for p in paths:
+            if p.name.startswith("."):
+                continue
+            try:
+                if p.is_dir() or p.suffix.lower() in TEXT_SUFFIXES:
+                    yield p
+            except OSError:
+                continue
+
+
+class DatasetScreen(Screen):
+    BINDINGS = [
+        Binding("ctrl+o", "browse", "Browse files", priority=True),
+        Binding("ctrl+b", "builtin", "Built-in corpus", priority=True),
+    ]
+
+    def compose(self) -> ComposeResult:
+        s: DataSettings = self.app.state.settings
+        yield Header()
+        with Horizontal(id="dataset-main"):
+            with VerticalScroll(id="dataset-side", classes="panel"):
+                yield Label("Source", classes="section")
+                with Horizontal(id="source-row"):
+                    yield Input(s.source, id="source", placeholder="a text file, a folder, or builtin:pydoc")
+                    yield Button("Load", id="load", variant="primary")
+                with Horizontal(id="source-buttons"):
+                    yield Button("Built-in corpus", id="builtin")
+                    yield Button("Browse…", id="browse")
+                yield Label("Recent", classes="section")
+                yield OptionList(id="recent")
+                yield Label("Settings", classes="section")
+                yield Select([(f"{k} — {v}", k) for k, v in TOKENIZERS.items()], value=s.tokenizer,
+                             allow_blank=False, id="tokenizer")
+                yield Field("Context length", s.context_length, id="context_length", minimum=1)
+                yield Field("Stride", s.stride or "", id="stride", kind="optional int", minimum=1,
+                            placeholder="= context")
+                yield Field("Batch size", s.batch_size, id="batch_size", minimum=1)
+                yield Field("Train ratio", s.train_ratio, id="train_ratio", kind="float", minimum=0.01, maximum=1.0)
+            with Vertical(id="dataset-info", classes="panel"):
+                yield Label("Statistics", classes="section")
+                yield ProgressBar(id="tokenize-progress", show_eta=False, classes="hidden")
+                yield Static("Pick a source to see its statistics.", id="stats")
+                yield Static("", id="problems")
+                yield Label("Preview", classes="section")
+                yield Static("", id="preview")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self._refresh_recent()
+        self._timer = None
+        self._requested = 0  # load requests made / answered: wait_idle() waits until they match
+        self._answered = 0
+        self._answer_signal = asyncio.Event()
+        self.load()
+
+    def on_screen_resume(self) -> None:
+        self.app.refresh_header()
+
+    # -- choosing a source
+    def _refresh_recent(self) -> None:
+        recent = self.query_one("#recent", OptionList)
+        recent.clear_options()
+        items = load_recent() or [BUILTIN]
+        recent.add_options([Option(s, id=s) for s in items])
+
+    def action_builtin(self) -> None:
+        self.query_one("#source", Input).value = BUILTIN
+        self.load()
+
+    def action_browse(self) -> None:
+        """Show (or hide) a file tree of folders and text files, built on first use."""
+        trees = self.query("#tree")
+        if not trees:
+            start = Path(self.query_one("#source", Input).value.strip() or ".").expanduser()
+            start = start if start.is_dir() else start.parent if start.parent.is_dir() else Path.cwd()
+            tree = TextTree(str(start.resolve()), id="tree")
+            self.query_one("#dataset-side").mount(tree, after="#source-buttons")
+            tree.focus()
+            return
+        tree = trees.first(TextTree)
+        tree.toggle_class("hidden")
+        if not tree.has_class("hidden"):
+            tree.focus()
+
+    @on(Button.Pressed, "#builtin")
+    def _builtin(self) -> None:
+        self.action_builtin()
+
+    @on(Button.Pressed, "#browse")
+    def _browse(self) -> None:
+        self.action_browse()
+
+    @on(Button.Pressed, "#load")
+    @on(Input.Submitted, "#source")
+    def _load(self) -> None:
+        self.load()
+
+    @on(DirectoryTree.FileSelected)
+    @on(DirectoryTree.DirectorySelected)
+    def _picked(self, event: DirectoryTree.FileSelected) -> None:
+        event.stop()
+        if isinstance(event, DirectoryTree.DirectorySelected) and event.path == Path(self.query_one(TextTree).path):
+            return
+        self.query_one("#source", Input).value = str(event.path)
+        if isinstance(event, DirectoryTree.FileSelected):
+            self.query_one("#tree").add_class("hidden")
+        self.load()
+
+    @on(OptionList.OptionSelected, "#recent")
+    def _recent(self, event: OptionList.OptionSelected) -> None:
+        self.query_one("#source", Input).value = str(event.option.id)
+        self.load()
+
+    # -- settings
+    @on(Input.Changed, ".field-input")
+    @on(Select.Changed, "#tokenizer")
+    def _settings_changed(self) -> None:
+        try:
+            if self.read_settings() == self.app.state.settings:
+                return  # e.g. the widgets announcing their initial values
+        except ValueError:
+            pass
+        if self._timer is not None:
+            self._timer.stop()
+        self._timer = self.set_timer(0.3, self.load)
+
+    def read_settings(self) -> DataSettings:
+        """The settings in the form; ValueError naming the field that is wrong."""
+        values = {}
+        for name, kind in (("context_length", "int"), ("stride", "optional int"), ("batch_size", "int"),
+                           ("train_ratio", "float")):
+            inp = self.query_one(f"#{name}", Input)
+            try:
+                values[name] = read_field(inp, kind)
+            except ValueError as exc:
+                raise ValueError(f"{name.replace('_', ' ').capitalize()}: {exc}") from None
+        source = self.query_one("#source", Input).value.strip()
+        tokenizer = self.query_one("#tokenizer", Select).value
+        return DataSettings(source=source, tokenizer=str(tokenizer), seed=self.app.state.settings.seed, **values)
+
+    def load(self) -> None:
+        try:
+            settings = self.read_settings()
+        except ValueError as exc:
+            self._show_problem(str(exc))
+            return
+        self.app.state.settings = settings
+        self.app.state.prepared = None
+        self.query_one("#stats", Static).update("Reading…")
+        self._requested += 1
+        self.prepare(settings, self._requested)
+
+    def _answer(self, request: int) -> None:
+        self._answered = max(self._answered, request)
+        self._answer_signal.set()
+
+    async def wait_idle(self, timeout: float = 120) -> None:
+        """Until the newest load request has been answered (stats shown or a problem reported)."""
+        async def waiter() -> None:
+            while self._answered < self._requested:
+                self._answer_signal.clear()
+                await self._answer_signal.wait()
+
+        await asyncio.wait_for(waiter(), timeout)
+
+    # -- the work, off the UI thread
+    @work(thread=True, exclusive=True, group="dataset")
+    def prepare(self, settings: DataSettings, request: int) -> None:
+        state = self.app.state
+        try:
+            corpus = state.corpus if state.corpus is not None and state.corpus.source == settings.source else None
+            corpus = corpus or read_corpus(settings.source)
+            state.corpus = corpus
+            tokenizer = get_tokenizer(settings.tokenizer)
+            prepared = prepare_data(settings, tokenizer, corpus=corpus, strict=False,
+                                    progress=lambda done, total: self.post_message(DatasetProgress(done, total)))
+        except GPTTUIError as exc:
+            self.post_message(DatasetFailed(settings.source, str(exc), request))
+            return
+        except Exception as exc:  # never crash the screen on a bad file
+            self.post_message(DatasetFailed(settings.source, f"{type(exc).__name__}: {exc}", request))
+            return
+        self.post_message(DatasetReady(prepared, request))
+
+    def on_dataset_progress(self, message: DatasetProgress) -> None:
+        bar = self.query_one("#tokenize-progress", ProgressBar)
+        bar.remove_class("hidden")
+        bar.update(total=max(message.total, 1), progress=message.done)
+        if message.done >= message.total:
+            bar.add_class("hidden")
+
+    def on_dataset_failed(self, message: DatasetFailed) -> None:
+        if message.request != self._requested:
+            return  # an older request
+        self.query_one("#stats", Static).update("No statistics: the source could not be used.")
+        self.query_one("#preview", Static).update("")
+        self._show_problem(message.message)
+        self.query_one("#tokenize-progress").add_class("hidden")
+        self._answer(message.request)
+
+    def on_dataset_ready(self, message: DatasetReady) -> None:
+        prepared = message.prepared
+        if message.request != self._requested:
+            return  # an older request
+        self.app.state.prepared = prepared
+        s, st = prepared.stats, prepared.settings
+        lines = [
+            f"[b]{escape(prepared.corpus.label)}[/b]",
+            f"Characters     {s.characters:>12,}   train {s.train_characters:,} / val {s.val_characters:,}",
+            f"Tokens         {s.tokens:>12,}   train {s.train_tokens:,} / val {s.val_tokens:,}   ({prepared.tokenized.tokenizer.name})",
+            f"Windows        {s.train_windows:>12,}   train, {s.val_windows:,} val   (context {st.context_length}, stride {st.effective_stride})",
+            f"Batches/epoch  {s.train_batches:>12,}   train, {s.val_batches:,} val   (batch {st.batch_size})",
+            f"Tokens/epoch   {s.tokens_per_epoch:>12,}",
+        ]
+        self.query_one("#stats", Static).update("\n".join(lines))
+        notes = [f"[red]✗ {escape(p)}[/red]" for p in s.problems]
+        notes += [f"[yellow]! {escape(w)}[/yellow]" for w in s.warnings]
+        if not notes:
+            notes = ["[green]✓ Ready to train: both loaders have data at these settings.[/green]"]
+        self.query_one("#problems", Static).update("\n".join(notes))
+        preview = "\n".join(prepared.corpus.text[:4000].splitlines()[:PREVIEW_LINES])
+        self.query_one("#preview", Static).update(Text(preview))
+        if prepared.corpus.source:
+            remember_source(prepared.corpus.source)
+            self._refresh_recent()
+        self.app.refresh_header()
+        self._answer(message.request)
+
+    def _show_problem(self, text: str) -> None:
+        self.query_one("#problems", Static).update(f"[red]✗ {escape(text)}[/red]")

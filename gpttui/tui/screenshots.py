@@ -1,0 +1,74 @@
+"""Regenerate the README's screenshots: ``python -m gpttui.tui.screenshots [OUT_DIR]``.
+
+Drives the real app headless (Textual's pilot) in a temporary GPTTUI_HOME: loads the built-in
+corpus, trains a tiny model until its charts have a shape, and saves an SVG of each screen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+SIZE = (120, 40)
+
+
+async def _shoot(out: Path) -> list[Path]:
+    from textual.widgets import Input
+
+    from gpttui.core.data import DataSettings
+    from gpttui.core.errors import TokenizerError
+    from gpttui.core.tokenizer import get_tokenizer
+    from gpttui.core.train import EvalEvent, StateEvent
+    from gpttui.tui.app import create_app
+
+    try:
+        get_tokenizer("gpt2", download=False)
+        tokenizer = "gpt2"
+    except TokenizerError:
+        tokenizer = "bytes"
+    settings = DataSettings(source="builtin:pydoc", tokenizer=tokenizer, context_length=64, batch_size=8)
+    app = create_app(settings=settings)
+    written = []
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        await app.screen.wait_idle()
+        await pilot.pause()
+        written.append(Path(app.save_screenshot(str(out / "dataset.svg"))))
+
+        await pilot.press("f3")
+        await pilot.pause()
+        screen = app.screen
+        for wid, value in (("n_layers", "2"), ("n_heads", "4"), ("emb_dim", "64"), ("lr", "0.003"),
+                           ("min_lr", "0.0003"), ("warmup_steps", "10"), ("grad_clip", "1.0"),
+                           ("eval_freq", "5"), ("eval_iter", "2"), ("max_steps", "300"),
+                           ("start_context", "The return statement"), ("save_name", "pydoc-tiny")):
+            screen.query_one(f"#{wid}", Input).value = value
+        await pilot.pause()
+        await pilot.press("f5")
+        await app.wait_for_event(lambda e: isinstance(e, EvalEvent) and e.step >= 100, timeout=900)
+        await pilot.press("f6")
+        await app.wait_for_event(lambda e: isinstance(e, StateEvent) and e.paused)
+        screen.redraw()
+        await pilot.pause()
+        written.append(Path(app.save_screenshot(str(out / "train.svg"))))
+        app.state.session.stop(save=False)
+        await app.state.session.worker.wait()
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    out = Path(argv[0] if argv else "screenshots").resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="gpttui-shots-") as home:
+        os.environ["GPTTUI_HOME"] = home
+        for path in asyncio.run(_shoot(out)):
+            print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

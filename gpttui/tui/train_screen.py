@@ -1,0 +1,352 @@
+"""Train screen: the model and optimiser form, and the live training monitor."""
+
+from __future__ import annotations
+
+import math
+
+from rich.markup import escape
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Button, Checkbox, Footer, Header, Input, Label, ProgressBar, Select, Static
+
+from gpttui.core import checkpoints
+from gpttui.core.config import CPU_SHAPES, GPT2_SHAPES, PRESETS, GPTConfig, preset
+from gpttui.core.errors import GPTTUIError
+from gpttui.core.model import parameter_count, training_memory_estimate
+from gpttui.core.tokenizer import get_tokenizer
+from gpttui.core.train import TrainConfig, Trainer
+from gpttui.tui.widgets import Field, MetricChart, read_field
+
+NEW_MODEL = "__new__"
+OPTIM_FIELDS = [
+    # id, label, kind, minimum, tooltip
+    ("lr", "Learning rate", "float", 0.0, "peak learning rate (AdamW)"),
+    ("min_lr", "Min lr", "optional float", 0.0, "cosine-decay to this after warmup; empty: constant lr"),
+    ("warmup_steps", "Warmup steps", "int", 0, "linear warmup"),
+    ("weight_decay", "Weight decay", "float", 0.0, None),
+    ("grad_clip", "Grad clip", "optional float", 0.0, "max gradient norm; empty: off"),
+    ("grad_accum", "Grad accum", "int", 1, "batches per optimizer step"),
+    ("epochs", "Epochs", "int", 1, None),
+    ("max_steps", "Max steps", "optional int", 1, "stop after this many steps; empty: epochs decide"),
+    ("eval_freq", "Eval every", "int", 1, "evaluate every N steps"),
+    ("eval_iter", "Eval batches", "int", 1, "batches per evaluation"),
+    ("seed", "Seed", "int", 0, None),
+]
+
+
+def _fmt_time(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "–"
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+class TrainScreen(Screen):
+    BINDINGS = [
+        Binding("f5", "start", "Start", priority=True),
+        Binding("f6", "pause", "Pause/Resume", priority=True),
+        Binding("f7", "stop", "Stop", priority=True),
+        Binding("f8", "save", "Save now", priority=True),
+        Binding("f9", "toggle_x", "x: step/tokens", priority=True),
+    ]
+
+    def compose(self) -> ComposeResult:
+        d = TrainConfig()
+        yield Header()
+        with Horizontal(id="train-main"):
+            with VerticalScroll(id="train-form", classes="panel"):
+                yield Label("Model", classes="section")
+                yield Select([("New model", NEW_MODEL)], value=NEW_MODEL, id="resume", allow_blank=False)
+                yield Select([(f"{k} — {v}", k) for k, v in PRESETS.items()], value="tiny", id="preset",
+                             allow_blank=False)
+                yield Field("Layers", 2, id="n_layers", minimum=1)
+                yield Field("Heads", 4, id="n_heads", minimum=1)
+                yield Field("Width", 128, id="emb_dim", minimum=1)
+                yield Field("Dropout", 0.1, id="drop_rate", kind="float", minimum=0.0, maximum=0.99)
+                yield Checkbox("qkv bias", False, id="qkv_bias")
+                yield Checkbox("tie embeddings", True, id="tie_weights")
+                yield Static("", id="model-info")
+                yield Label("Optimiser", classes="section")
+                for fid, label, kind, minimum, tip in OPTIM_FIELDS:
+                    value = getattr(d, fid)
+                    yield Field(label, "" if value is None else value, id=fid, kind=kind, minimum=minimum, tooltip=tip)
+                yield Field("Sample prompt", d.start_context, id="start_context", kind="text")
+                yield Checkbox("sample at each eval", True, id="sample_at_eval")
+                yield Field("Save as", "", id="save_name", kind="text", placeholder="run-<id>")
+                yield Select([("device: auto", "auto"), ("cpu", "cpu"), ("cuda", "cuda"), ("mps", "mps")],
+                             value="auto", id="device", allow_blank=False)
+                yield Select([("dtype: fp32", "fp32"), ("bf16 autocast", "bf16")], value="fp32", id="dtype",
+                             allow_blank=False)
+            with Vertical(id="monitor"):
+                with Horizontal(id="controls"):
+                    yield Button("Start F5", id="start", variant="success")
+                    yield Button("Pause F6", id="pause", disabled=True)
+                    yield Button("Stop F7", id="stop", variant="error", disabled=True)
+                    yield Button("Save F8", id="save", disabled=True)
+                with Grid(id="charts"):
+                    yield MetricChart("loss: blue step, green train, red val", id="chart-loss")
+                    yield MetricChart("perplexity (log): green train, red val", id="chart-ppl", log_y=True)
+                    yield MetricChart("learning rate", id="chart-lr")
+                    yield MetricChart("tokens/s", id="chart-tps")
+                yield ProgressBar(id="progress", show_eta=False)
+                yield Static("Not started. Pick a dataset (F2), set the model, press F5.", id="status")
+                yield Label("Samples (newest first)", classes="section")
+                yield VerticalScroll(id="samples")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.x_axis = "step"
+        self._drawn_version = -1
+        self._samples_shown = 0
+        self._run_shown: str | None = None
+        self.refresh_checkpoints()
+        self._apply_preset("tiny")
+        self.set_interval(0.25, self.redraw)
+
+    def on_screen_resume(self) -> None:
+        self.app.refresh_header()
+        self.refresh_checkpoints()
+        self._update_model_info()
+
+    # -- the form
+    def refresh_checkpoints(self) -> None:
+        select = self.query_one("#resume", Select)
+        current = select.value
+        options = [("New model", NEW_MODEL)]
+        for info in checkpoints.list_checkpoints():
+            if info.ok:
+                options.append((f"Continue {info.name} ({info.source}, step {info.step or 0})", info.name))
+        select.set_options(options)
+        values = [v for _, v in options]
+        select.value = current if current in values else NEW_MODEL
+
+    def _apply_preset(self, name: str) -> None:
+        shape = dict(GPT2_SHAPES.get(name) or CPU_SHAPES.get(name) or {})
+        cfg = preset(name)
+        self.query_one("#n_layers", Input).value = str(shape.get("n_layers", cfg.n_layers))
+        self.query_one("#n_heads", Input).value = str(shape.get("n_heads", cfg.n_heads))
+        self.query_one("#emb_dim", Input).value = str(shape.get("emb_dim", cfg.emb_dim))
+        self.query_one("#drop_rate", Input).value = str(cfg.drop_rate)
+        self.query_one("#qkv_bias", Checkbox).value = cfg.qkv_bias
+        self.query_one("#tie_weights", Checkbox).value = cfg.tie_weights
+
+    @on(Select.Changed, "#preset")
+    def _preset_changed(self, event: Select.Changed) -> None:
+        self._apply_preset(str(event.value))
+        self._update_model_info()
+
+    @on(Select.Changed, "#resume")
+    def _resume_changed(self) -> None:
+        new = self.query_one("#resume", Select).value == NEW_MODEL
+        for wid in ("#preset", "#n_layers", "#n_heads", "#emb_dim", "#drop_rate", "#qkv_bias", "#tie_weights"):
+            self.query_one(wid).disabled = not new
+        self._update_model_info()
+
+    @on(Input.Changed, "#n_layers, #n_heads, #emb_dim, #drop_rate")
+    @on(Checkbox.Changed, "#qkv_bias, #tie_weights")
+    def _shape_changed(self) -> None:
+        self._update_model_info()
+
+    def model_config(self) -> GPTConfig:
+        """The shape in the form. Context length comes from the dataset settings (as in the book)."""
+        settings = self.app.state.settings
+        vocab = 257 if settings.tokenizer == "bytes" else 50257
+        return GPTConfig(
+            vocab_size=vocab, context_length=settings.context_length,
+            n_layers=read_field(self.query_one("#n_layers", Input), "int"),
+            n_heads=read_field(self.query_one("#n_heads", Input), "int"),
+            emb_dim=read_field(self.query_one("#emb_dim", Input), "int"),
+            drop_rate=read_field(self.query_one("#drop_rate", Input), "float"),
+            qkv_bias=self.query_one("#qkv_bias", Checkbox).value,
+            tie_weights=self.query_one("#tie_weights", Checkbox).value,
+        )
+
+    def train_config(self) -> TrainConfig:
+        values: dict = {}
+        for fid, label, kind, _, _ in OPTIM_FIELDS:
+            try:
+                values[fid] = read_field(self.query_one(f"#{fid}", Input), kind)
+            except ValueError as exc:
+                raise ValueError(f"{label}: {exc}") from None
+        values["start_context"] = self.query_one("#start_context", Input).value
+        values["sample_at_eval"] = self.query_one("#sample_at_eval", Checkbox).value
+        values["save_name"] = self.query_one("#save_name", Input).value.strip() or None
+        values["device"] = str(self.query_one("#device", Select).value)
+        values["dtype"] = str(self.query_one("#dtype", Select).value)
+        resume = self.query_one("#resume", Select).value
+        if resume != NEW_MODEL and not values["save_name"]:
+            values["save_name"] = str(resume)
+        config = TrainConfig(**values)
+        config.validate()
+        return config
+
+    def _update_model_info(self) -> None:
+        info = self.query_one("#model-info", Static)
+        if self.query_one("#resume", Select).value != NEW_MODEL:
+            info.update("Shape from the checkpoint; training continues with its optimizer state.")
+            return
+        try:
+            cfg = self.model_config()
+        except (ValueError, GPTTUIError) as exc:
+            info.update(Text(f"✗ {exc}", style="red"))
+            return
+        n = parameter_count(cfg)
+        mem = training_memory_estimate(cfg, self.app.state.settings.batch_size)
+        info.update(f"{n / 1e6:.1f}M parameters · context {cfg.context_length} (from Dataset)\n"
+                    f"≈ {_fmt_bytes(mem)} to train (weights, AdamW, activations)")
+
+    # -- actions
+    @on(Button.Pressed, "#start")
+    def action_start(self) -> None:
+        app = self.app
+        session = app.state.session
+        if session.running:
+            app.notify("A run is already in progress.", severity="warning")
+            return
+        prepared = app.state.prepared
+        if prepared is None:
+            app.notify("No dataset is ready: pick one on the Dataset screen (F2).", severity="error")
+            self._set_status("[red]No dataset is ready: pick one on the Dataset screen (F2).[/red]")
+            return
+        if not prepared.stats.ok:
+            text = "\n".join(prepared.stats.problems)
+            app.notify(text, title="Cannot start", severity="error", timeout=10)
+            self._set_status(f"[red]✗ {escape(text)}[/red]")
+            return
+        try:
+            config = self.train_config()
+            resume = self.query_one("#resume", Select).value
+            resume = None if resume == NEW_MODEL else str(resume)
+            model_config = None if resume else self.model_config()
+            tokenizer = get_tokenizer(prepared.settings.tokenizer)
+            trainer = Trainer(prepared, tokenizer, config, model_config, resume=resume)
+        except (ValueError, GPTTUIError) as exc:
+            app.notify(str(exc), title="Cannot start", severity="error", timeout=10)
+            self._set_status(f"[red]✗ {escape(str(exc))}[/red]")
+            return
+        label = resume or f"{self.query_one('#preset', Select).value}"
+        for child in list(self.query_one("#samples").children):
+            child.remove()
+        self._samples_shown = 0
+        session.start(app, trainer, label)
+        self._set_status("Starting…")
+        self._sync_buttons()
+
+    @on(Button.Pressed, "#pause")
+    def action_pause(self) -> None:
+        session = self.app.state.session
+        if not session.running or session.control is None:
+            return
+        if session.control.paused:
+            session.control.resume()
+        else:
+            session.control.pause()
+        self._sync_buttons()
+
+    @on(Button.Pressed, "#stop")
+    def action_stop(self) -> None:
+        session = self.app.state.session
+        if session.running:
+            session.stop(save=True)
+            self._set_status("Stopping after this step, then saving…")
+
+    @on(Button.Pressed, "#save")
+    def action_save(self) -> None:
+        session = self.app.state.session
+        if session.running and session.control is not None:
+            session.control.request_save()
+            self.app.notify("Saving after this step…")
+
+    def action_toggle_x(self) -> None:
+        self.x_axis = "tokens" if self.x_axis == "step" else "step"
+        self._drawn_version = -1
+        self.redraw()
+
+    # -- the monitor, redrawn from the shared history a few times a second
+    def _sync_buttons(self) -> None:
+        session = self.app.state.session
+        running = session.running
+        paused = bool(session.control and session.control.paused)
+        self.query_one("#start", Button).disabled = running
+        pause = self.query_one("#pause", Button)
+        pause.disabled = not running
+        pause.label = "Resume F6" if paused else "Pause F6"
+        self.query_one("#stop", Button).disabled = not running
+        self.query_one("#save", Button).disabled = not running
+
+    def _set_status(self, markup: str) -> None:
+        self.query_one("#status", Static).update(markup)
+
+    def redraw(self) -> None:
+        history = self.app.state.session.history
+        self._sync_buttons()
+        if history.version == self._drawn_version:
+            return
+        self._drawn_version = history.version
+        snap = history.snapshot()
+        xkey = "tokens" if self.x_axis == "tokens" else "step"
+        sx = snap.steps.tokens if xkey == "tokens" else snap.steps.step
+        ex = snap.evals.tokens if xkey == "tokens" else snap.evals.step
+        xlabel = "tokens seen" if xkey == "tokens" else "step"
+        sv, ev = snap.steps.values, snap.evals.values
+        self.query_one("#chart-loss", MetricChart).set_series(
+            [("step", sx, sv.get("loss", [])), ("train", ex, ev.get("train_loss", [])),
+             ("val", ex, ev.get("val_loss", []))], xlabel)
+        self.query_one("#chart-ppl", MetricChart).set_series(
+            [("", [], []), ("train", ex, ev.get("train_ppl", [])), ("val", ex, ev.get("val_ppl", []))], xlabel)
+        self.query_one("#chart-lr", MetricChart).set_series([("lr", sx, sv.get("lr", []))], xlabel)
+        self.query_one("#chart-tps", MetricChart).set_series([("tok/s", sx, sv.get("tokens_per_sec", []))], xlabel)
+        self.query_one("#progress", ProgressBar).update(total=1.0, progress=snap.progress)
+        self._set_status(self._status_text(snap))
+        self._show_samples(snap.samples)
+
+    def _status_text(self, snap) -> str:
+        st, last, ev = snap.started, snap.last_step, snap.last_eval
+        colour = {"running": "green", "paused": "yellow", "failed": "red", "finished": "cyan"}.get(snap.status, "white")
+        lines = [f"[b {colour}]{snap.status}[/]"]
+        if last is not None:
+            lines[0] += (f" · step {last.step + 1:,}/{last.total_steps:,} · epoch {last.epoch} · "
+                         f"{snap.progress:.0%}")
+            lines.append(f"{last.tokens_seen:,} tokens seen · {last.tokens_per_sec:,.0f} tok/s · "
+                         f"elapsed {_fmt_time(last.elapsed)} · ETA {_fmt_time(last.eta)}")
+            loss = f"loss {last.loss:.3f} · lr {last.lr:.2e} · grad norm {last.grad_norm:.2f}"
+            if ev is not None:
+                loss += f" · train {ev.train_loss:.3f} / val {ev.val_loss:.3f}"
+            if snap.best_val_loss is not None:
+                loss += f" · best val {snap.best_val_loss:.3f}"
+            lines.append(loss)
+        if st is not None:
+            lines.append(f"{st.device} · {st.dtype} · {st.n_params / 1e6:.1f}M params · run {st.run_id}")
+        if snap.checkpoints:
+            c = snap.checkpoints[-1]
+            lines.append(f"saved {escape(c.name)} at step {c.step + 1}")
+        if snap.failed is not None:
+            lines.append(f"[red]✗ {escape(snap.failed.message)}[/red]")
+        elif snap.finished is not None:
+            lines.append(f"finished ({snap.finished.reason})")
+        return "\n".join(lines)
+
+    def _show_samples(self, samples) -> None:
+        box = self.query_one("#samples", VerticalScroll)
+        for sample in samples[self._samples_shown:]:
+            widget = Static(Text.assemble((f"step {sample.step + 1} · epoch {sample.epoch}\n", "dim"), sample.text),
+                            classes="sample")
+            if box.children:
+                box.mount(widget, before=0)
+            else:
+                box.mount(widget)
+        self._samples_shown = len(samples)

@@ -1,0 +1,215 @@
+"""The app, driven through Textual's pilot: the real engine, a tiny model, real training steps."""
+
+from __future__ import annotations
+
+from textual.widgets import Input, Select, Static
+
+from gpttui.core import checkpoints
+from gpttui.core.data import DataSettings
+from gpttui.core.train import CheckpointEvent, EvalEvent, FinishedEvent, StateEvent, StepEvent
+from gpttui.tui.app import QuitScreen, create_app
+from gpttui.tui.dataset_screen import DatasetScreen
+from gpttui.tui.train_screen import TrainScreen
+from gpttui.tui.widgets import MetricChart
+
+SMALL = DataSettings(source="builtin:pydoc", tokenizer="bytes", context_length=32, batch_size=4)
+
+
+async def wait_dataset(app, pilot) -> None:
+    """Until the Dataset screen has answered its newest request (stats or a problem)."""
+    await pilot.pause()  # let a click or key press reach its handler
+    screen = app.get_screen("dataset") if not isinstance(app.screen, DatasetScreen) else app.screen
+    await screen.wait_idle()
+    await pilot.pause()
+
+
+def text_of(app, selector: str) -> str:
+    return str(app.screen.query_one(selector, Static).render())
+
+
+async def set_tiny_model(app, pilot) -> None:
+    screen = app.screen
+    assert isinstance(screen, TrainScreen)
+    for wid, value in (("n_layers", "1"), ("n_heads", "2"), ("emb_dim", "32"), ("eval_freq", "3"),
+                       ("eval_iter", "2"), ("start_context", "The "), ("save_name", "pilot")):
+        screen.query_one(f"#{wid}", Input).value = value
+    await pilot.pause()
+
+
+async def test_dataset_screen_shows_builtin_corpus_stats():
+    app = create_app(settings=DataSettings(tokenizer="gpt2", source="builtin:pydoc"))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_dataset(app, pilot)
+        assert isinstance(app.screen, DatasetScreen)
+        stats = text_of(app, "#stats")
+        assert "Python reference topics" in stats
+        assert "465,048" in stats  # characters
+        assert "139,015" in stats  # GPT-2 tokens
+        assert "Ready to train" in text_of(app, "#problems")
+        prepared = app.state.prepared
+        assert prepared.stats.train_batches == prepared.stats.train_windows // 2
+
+
+async def test_bad_path_shows_its_message_and_blocks_nothing_else(tmp_path):
+    app = create_app(settings=SMALL)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_dataset(app, pilot)
+        app.screen.query_one("#source", Input).value = str(tmp_path / "missing.txt")
+        await pilot.click("#load")
+        await wait_dataset(app, pilot)
+        assert "does not exist" in text_of(app, "#problems")
+        assert app.state.prepared is None
+        empty = tmp_path / "empty.txt"
+        empty.write_text("")
+        source = app.screen.query_one("#source", Input)
+        source.value = str(empty)
+        source.focus()
+        await pilot.press("enter")
+        await wait_dataset(app, pilot)
+        assert "is empty" in text_of(app, "#problems")
+        binary = tmp_path / "blob.txt"
+        binary.write_bytes(b"\x00\x01\x02" * 100)
+        app.screen.query_one("#source", Input).value = str(binary)
+        await pilot.click("#load")
+        await wait_dataset(app, pilot)
+        assert "binary" in text_of(app, "#problems")
+        # and the app is still usable
+        await pilot.press("ctrl+b")
+        await wait_dataset(app, pilot)
+        assert app.state.prepared is not None
+
+
+async def test_context_too_large_blocks_start_with_the_books_warning(tmp_path):
+    corpus = tmp_path / "small.txt"
+    corpus.write_text("A short text that is far too small for a long context.\n" * 20)
+    app = create_app(settings=DataSettings(source=str(corpus), tokenizer="bytes", context_length=2048, batch_size=2))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_dataset(app, pilot)
+        assert "Not enough tokens for the training loader" in text_of(app, "#problems")
+        await pilot.press("f3")
+        await pilot.pause()
+        await pilot.press("f5")
+        await pilot.pause()
+        assert not app.state.session.running
+        assert "Not enough tokens for the training loader" in text_of(app, "#status")
+        # fixing the context length on the Dataset screen unblocks it
+        await pilot.press("f2")
+        app.screen.query_one("#context_length", Input).value = "16"
+        await pilot.pause()
+        app.screen.load()
+        await wait_dataset(app, pilot)
+        assert "Ready to train" in text_of(app, "#problems")
+
+
+async def test_train_monitor_full_flow():
+    """Pick the corpus, configure a tiny model, train: charts fill, evals show, pause/resume, stop, save."""
+    app = create_app(settings=SMALL)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_dataset(app, pilot)
+        assert app.state.prepared is not None and app.state.prepared.stats.ok
+        await pilot.press("f3")
+        await pilot.pause()
+        await set_tiny_model(app, pilot)
+        assert "parameters" in text_of(app, "#model-info")
+        await pilot.press("f5")
+        assert app.state.session.running
+        await app.wait_for_event(lambda e: isinstance(e, EvalEvent) and e.step >= 3)
+        screen = app.screen
+        screen.redraw()
+        await pilot.pause()
+        assert screen.query_one("#chart-loss", MetricChart).point_count >= 4 + 2 * 2
+        assert screen.query_one("#chart-lr", MetricChart).point_count >= 4
+        status = text_of(app, "#status")
+        assert "running" in status and "tokens seen" in status and "val" in status
+
+        # pause: the trainer parks between steps and says so; resume: steps come again
+        await pilot.press("f6")
+        paused = await app.wait_for_event(lambda e: isinstance(e, StateEvent) and e.paused)
+        assert app.state.session.control.paused
+        screen.redraw()
+        assert "Resume" in str(screen.query_one("#pause").label)
+        steps_before = len(app.state.session.history.snapshot().steps)
+        await pilot.press("f6")
+        await app.wait_for_event(lambda e: isinstance(e, StateEvent) and not e.paused)
+        await app.wait_for_event(lambda e: isinstance(e, EvalEvent) and e.step > paused.step + 3)
+        assert len(app.state.session.history.snapshot().steps) > steps_before
+
+        # save now, then stop (which saves again)
+        await pilot.press("f8")
+        await app.wait_for_event(lambda e: isinstance(e, CheckpointEvent))
+        await pilot.press("f7")
+        finished = await app.wait_for_event(lambda e: isinstance(e, FinishedEvent))
+        await app.state.session.worker.wait()
+        assert finished.reason == "stopped" and finished.checkpoint == "pilot"
+        screen.redraw()
+        await pilot.pause()
+        assert "stopped" in text_of(app, "#status")
+        assert len(screen.query(".sample")) >= 0
+        assert not app.state.session.running
+    meta = checkpoints.show("pilot")
+    assert meta["step"] == finished.step + 1 and meta["source"] == "trained"
+
+
+async def test_quit_while_training_asks_then_stops_and_saves():
+    app = create_app(settings=SMALL)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_dataset(app, pilot)
+        await pilot.press("f3")
+        await pilot.pause()
+        await set_tiny_model(app, pilot)
+        app.screen.query_one("#save_name", Input).value = "quitter"
+        app.screen.query_one("#max_steps", Input).value = "100000"
+        await pilot.press("f5")
+        await app.wait_for_event(lambda e: isinstance(e, StepEvent) or e.event == "eval")
+        await pilot.press("ctrl+q")
+        await pilot.pause()
+        assert isinstance(app.screen, QuitScreen)
+        await pilot.press("escape")  # cancel: still training
+        await pilot.pause()
+        assert app.state.session.running
+        await pilot.press("ctrl+q")
+        await pilot.pause()
+        await pilot.click("#save")
+        await app.state.session.worker.wait()
+        await pilot.pause()
+    assert checkpoints.checkpoint_exists("quitter")
+    assert app.state.session.history.snapshot().finished.reason == "stopped"
+
+
+async def test_command_palette_lists_the_screens_and_actions():
+    app = create_app(settings=SMALL)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_dataset(app, pilot)
+        titles = [c.title for c in app.get_system_commands(app.screen)]
+        assert "Dataset screen" in titles and "Train screen" in titles
+        await pilot.press("f3")
+        await pilot.pause()
+        titles = [c.title for c in app.get_system_commands(app.screen)]
+        assert "Start training" in titles
+
+
+async def test_continue_from_a_checkpoint_is_offered(tmp_path):
+    from gpttui.core.config import GPTConfig
+    from gpttui.core.model import GPTModel
+
+    checkpoints.save_checkpoint("base", GPTModel(GPTConfig(vocab_size=257, context_length=32, emb_dim=32,
+                                                           n_heads=2, n_layers=1)),
+                                meta={"tokenizer": "bytes", "source": "trained"})
+    app = create_app(settings=SMALL)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_dataset(app, pilot)
+        await pilot.press("f3")
+        await pilot.pause()
+        select = app.screen.query_one("#resume", Select)
+        assert "base" in [value for _, value in select._options]
+        select.value = "base"
+        await pilot.pause()
+        assert app.screen.query_one("#n_layers", Input).disabled
+        app.screen.query_one("#max_steps", Input).value = "2"
+        app.screen.query_one("#eval_freq", Input).value = "1"
+        app.screen.query_one("#eval_iter", Input).value = "1"
+        await pilot.press("f5")
+        finished = await app.wait_for_event(lambda e: isinstance(e, FinishedEvent) or e.event == "failed")
+        assert isinstance(finished, FinishedEvent), getattr(finished, "message", "")
+        await app.state.session.worker.wait()
+    assert checkpoints.show("base")["step"] == 2
