@@ -88,7 +88,7 @@ async def test_context_too_large_blocks_start_with_the_books_warning(tmp_path):
         assert "Not enough tokens for the training loader" in text_of(app, "#problems")
         await pilot.press("f3")
         await pilot.pause()
-        await pilot.press("f5")
+        await pilot.press("f6")
         await pilot.pause()
         assert not app.state.session.running
         assert "Not enough tokens for the training loader" in text_of(app, "#status")
@@ -111,7 +111,7 @@ async def test_train_monitor_full_flow():
         await pilot.pause()
         await set_tiny_model(app, pilot)
         assert "parameters" in text_of(app, "#model-info")
-        await pilot.press("f5")
+        await pilot.press("f6")
         assert app.state.session.running
         await app.wait_for_event(lambda e: isinstance(e, EvalEvent) and e.step >= 3)
         screen = app.screen
@@ -123,21 +123,21 @@ async def test_train_monitor_full_flow():
         assert "running" in status and "tokens seen" in status and "val" in status
 
         # pause: the trainer parks between steps and says so; resume: steps come again
-        await pilot.press("f6")
+        await pilot.press("f7")
         paused = await app.wait_for_event(lambda e: isinstance(e, StateEvent) and e.paused)
         assert app.state.session.control.paused
         screen.redraw()
         assert "Resume" in str(screen.query_one("#pause").label)
         steps_before = len(app.state.session.history.snapshot().steps)
-        await pilot.press("f6")
+        await pilot.press("f7")
         await app.wait_for_event(lambda e: isinstance(e, StateEvent) and not e.paused)
         await app.wait_for_event(lambda e: isinstance(e, EvalEvent) and e.step > paused.step + 3)
         assert len(app.state.session.history.snapshot().steps) > steps_before
 
         # save now, then stop (which saves again)
-        await pilot.press("f8")
+        await pilot.press("f9")
         await app.wait_for_event(lambda e: isinstance(e, CheckpointEvent))
-        await pilot.press("f7")
+        await pilot.press("f8")
         finished = await app.wait_for_event(lambda e: isinstance(e, FinishedEvent))
         await app.state.session.worker.wait()
         assert finished.reason == "stopped" and finished.checkpoint == "pilot"
@@ -159,7 +159,7 @@ async def test_quit_while_training_asks_then_stops_and_saves():
         await set_tiny_model(app, pilot)
         app.screen.query_one("#save_name", Input).value = "quitter"
         app.screen.query_one("#max_steps", Input).value = "100000"
-        await pilot.press("f5")
+        await pilot.press("f6")
         await app.wait_for_event(lambda e: isinstance(e, StepEvent) or e.event == "eval")
         await pilot.press("ctrl+q")
         await pilot.pause()
@@ -208,7 +208,7 @@ async def test_continue_from_a_checkpoint_is_offered(tmp_path):
         app.screen.query_one("#max_steps", Input).value = "2"
         app.screen.query_one("#eval_freq", Input).value = "1"
         app.screen.query_one("#eval_iter", Input).value = "1"
-        await pilot.press("f5")
+        await pilot.press("f6")
         finished = await app.wait_for_event(lambda e: isinstance(e, FinishedEvent) or e.event == "failed")
         assert isinstance(finished, FinishedEvent), getattr(finished, "message", "")
         await app.state.session.worker.wait()

@@ -133,11 +133,11 @@ class GPTTUIApp(App):
         yield SystemCommand("Use the built-in corpus", "Python's reference manual, shipped with CPython",
                             self._use_builtin)
         if isinstance(screen, TrainScreen):
-            yield SystemCommand("Start training", "Start a run with the settings on screen (F5)", screen.action_start)
+            yield SystemCommand("Start training", "Start a run with the settings on screen (F6)", screen.action_start)
             if self.state.session.running:
-                yield SystemCommand("Pause or resume training", "(F6)", screen.action_pause)
-                yield SystemCommand("Stop training and save", "(F7)", screen.action_stop)
-                yield SystemCommand("Save a checkpoint now", "(F8)", screen.action_save)
+                yield SystemCommand("Pause or resume training", "(F7)", screen.action_pause)
+                yield SystemCommand("Stop training and save", "(F8)", screen.action_stop)
+                yield SystemCommand("Save a checkpoint now", "(F9)", screen.action_save)
 
     def _use_builtin(self) -> None:
         self.switch_mode("dataset")

@@ -47,9 +47,9 @@ async def _shoot(out: Path) -> list[Path]:
                            ("start_context", "The return statement"), ("save_name", "pydoc-tiny")):
             screen.query_one(f"#{wid}", Input).value = value
         await pilot.pause()
-        await pilot.press("f5")
-        await app.wait_for_event(lambda e: isinstance(e, EvalEvent) and e.step >= 100, timeout=900)
         await pilot.press("f6")
+        await app.wait_for_event(lambda e: isinstance(e, EvalEvent) and e.step >= 100, timeout=900)
+        await pilot.press("f7")
         await app.wait_for_event(lambda e: isinstance(e, StateEvent) and e.paused)
         screen.redraw()
         await pilot.pause()

@@ -57,11 +57,11 @@ def _fmt_bytes(n: float) -> str:
 
 class TrainScreen(Screen):
     BINDINGS = [
-        Binding("f5", "start", "Start", priority=True),
-        Binding("f6", "pause", "Pause/Resume", priority=True),
-        Binding("f7", "stop", "Stop", priority=True),
-        Binding("f8", "save", "Save now", priority=True),
-        Binding("f9", "toggle_x", "x: step/tokens", priority=True),
+        Binding("f6", "start", "Start", priority=True),
+        Binding("f7", "pause", "Pause/Resume", priority=True),
+        Binding("f8", "stop", "Stop", priority=True),
+        Binding("f9", "save", "Save now", priority=True),
+        Binding("ctrl+t", "toggle_x", "x: step/tokens", priority=True),
     ]
 
     def compose(self) -> ComposeResult:
@@ -93,17 +93,17 @@ class TrainScreen(Screen):
                              allow_blank=False)
             with Vertical(id="monitor"):
                 with Horizontal(id="controls"):
-                    yield Button("Start F5", id="start", variant="success")
-                    yield Button("Pause F6", id="pause", disabled=True)
-                    yield Button("Stop F7", id="stop", variant="error", disabled=True)
-                    yield Button("Save F8", id="save", disabled=True)
+                    yield Button("Start F6", id="start", variant="success")
+                    yield Button("Pause F7", id="pause", disabled=True)
+                    yield Button("Stop F8", id="stop", variant="error", disabled=True)
+                    yield Button("Save F9", id="save", disabled=True)
                 with Grid(id="charts"):
                     yield MetricChart("loss: blue step, green train, red val", id="chart-loss")
                     yield MetricChart("perplexity (log): green train, red val", id="chart-ppl", log_y=True)
                     yield MetricChart("learning rate", id="chart-lr")
                     yield MetricChart("tokens/s", id="chart-tps")
                 yield ProgressBar(id="progress", show_eta=False)
-                yield Static("Not started. Pick a dataset (F2), set the model, press F5.", id="status")
+                yield Static("Not started. Pick a dataset (F2), set the model, press F6.", id="status")
                 yield Label("Samples (newest first)", classes="section")
                 yield VerticalScroll(id="samples")
         yield Footer()
@@ -284,7 +284,7 @@ class TrainScreen(Screen):
         self.query_one("#start", Button).disabled = running
         pause = self.query_one("#pause", Button)
         pause.disabled = not running
-        pause.label = "Resume F6" if paused else "Pause F6"
+        pause.label = "Resume F7" if paused else "Pause F7"
         self.query_one("#stop", Button).disabled = not running
         self.query_one("#save", Button).disabled = not running
 
