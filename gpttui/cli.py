@@ -266,6 +266,67 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- generate --------------------------------------------------------------------------------------
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import threading
+
+    from gpttui.core import checkpoints
+    from gpttui.core.generate import SamplingConfig, cast_for_inference, stream
+    from gpttui.core.tokenizer import get_tokenizer
+    from gpttui.core.train import pick_device
+
+    cfg = SamplingConfig(
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty, num_beams=args.num_beams, length_penalty=args.length_penalty,
+        seed=args.seed, stop=tuple(args.stop or ()), eos_id=None if args.ignore_eos else "eot",
+    ).validate()
+    device = pick_device(args.device or "auto")
+    loaded = checkpoints.load_checkpoint(args.checkpoint, device=device)
+    tokenizer = get_tokenizer(loaded.meta.get("tokenizer") or ("bytes" if loaded.config.vocab_size == 257 else "gpt2"))
+    model = loaded.model
+    if args.dtype == "bf16":
+        cast_for_inference(model, "bf16")
+
+    cancel = threading.Event()
+    previous = signal.getsignal(signal.SIGINT)
+
+    def on_signal(signum, frame):  # first Ctrl+C: stop generating and report; second: stop now
+        if cancel.is_set():
+            raise KeyboardInterrupt
+        cancel.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    out = Out()
+
+    def write(text: str) -> None:
+        if out.alive and text:
+            try:
+                sys.stdout.write(text)
+                sys.stdout.flush()
+            except (OSError, ValueError):
+                out.alive = False
+
+    try:
+        events = stream(model, tokenizer, args.prompt, cfg, cancel=cancel)
+        if not args.json:
+            write(args.prompt)
+        for event in events:
+            if not args.json:
+                write(event.text)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    result = events.result
+    if args.json:
+        out(json.dumps({**result.to_dict(), "checkpoint": args.checkpoint, "device": str(device),
+                        "dtype": args.dtype}))
+    else:
+        out()
+        out(f"[{result.new_tokens} tokens, {result.tokens_per_sec:.1f} tok/s, stopped by {result.stopped_by}"
+            + (f", seed {result.seed}" if result.seed is not None else "") + "]", err=True)
+    return 0
+
+
 # --- checkpoints -----------------------------------------------------------------------------------
 
 def cmd_ckpt_list(args: argparse.Namespace) -> int:
@@ -344,6 +405,61 @@ def cmd_ckpt_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import_gpt2(args: argparse.Namespace) -> int:
+    import time
+
+    from gpttui.core.gpt2_import import import_gpt2, size_name
+
+    out = Out()
+    name = args.name or size_name(args.source)
+    if not name:
+        out("error: give the checkpoint a name: gpttui import-gpt2 SOURCE --name NAME", err=True)
+        return EXIT_ERROR
+    tty = sys.stderr.isatty()
+    bar = {"shown": False, "last": 0.0}
+
+    def end_bar() -> None:
+        if bar["shown"]:
+            out("", err=True)
+            bar["shown"] = False
+
+    def on_stage(text: str) -> None:
+        end_bar()
+        out(f"{text}...")
+
+    def progress(done: int, total: int) -> None:  # one line on a terminal, redrawn at most 10 times/s
+        now = time.monotonic()
+        if not tty or (done < total and now - bar["last"] < 0.1):
+            return
+        bar["last"] = now
+        frac = min(done / total, 1.0) if total else 0.0
+        filled = int(30 * frac)
+        try:
+            sys.stderr.write(f"\r  [{'#' * filled}{'.' * (30 - filled)}] {100 * frac:5.1f}%  "
+                             f"{_fmt_size(done)} / {_fmt_size(total)}   ")
+            sys.stderr.flush()
+            bar["shown"] = True
+        except (OSError, ValueError):
+            pass
+
+    try:
+        result = import_gpt2(args.source, name, overwrite=args.overwrite, progress=progress, on_stage=on_stage,
+                             local_files_only=args.offline)
+    finally:
+        end_bar()
+    cfg = result.config
+    what = result.size or "GPT-2 weights"
+    origin = result.origin.get("repo_id") or result.origin.get("path")
+    out(f"Imported {what} from {origin} as checkpoint {result.name!r}: {result.parameter_count / 1e6:.1f}M "
+        f"parameters, {cfg.n_layers} layers, {cfg.n_heads} heads, width {cfg.emb_dim}, context "
+        f"{cfg.context_length}, in {result.seconds:.1f} s -> {result.path}")
+    for note in result.notes:
+        out(f"note: {note}")
+    out(f"Generate text with `gpttui generate --checkpoint {result.name} --prompt TEXT`, or continue "
+        f"pre-training on your own text with `gpttui train --resume {result.name} --data FILE`.")
+    return 0
+
+
 # --- parser ----------------------------------------------------------------------------------------
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
@@ -391,6 +507,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int, metavar="N", help="also save every N steps")
     p.add_argument("--json", action="store_true", help="one JSON object per event on stdout")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("generate", help="continue a prompt with a checkpoint, streaming the text")
+    p.add_argument("--checkpoint", required=True, metavar="NAME", help="checkpoint name (see `gpttui checkpoints list`)")
+    p.add_argument("--prompt", default="", help="text to continue (default: empty, start a document)")
+    p.add_argument("--max-new-tokens", type=int, default=50, help="default 50")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
+    p.add_argument("--top-k", type=int, help="sample among the k most likely tokens")
+    p.add_argument("--top-p", type=float, help="nucleus sampling: the most likely tokens adding up to p")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeats (default 1)")
+    p.add_argument("--num-beams", type=int, default=1, help="beam search with N beams (default 1: no beams)")
+    p.add_argument("--length-penalty", type=float, default=1.0, help="beam score = logprob / length**this (default 1)")
+    p.add_argument("--seed", type=int, help="sampling seed (default: random, printed)")
+    p.add_argument("--stop", action="append", metavar="TEXT", help="stop before this text (repeatable)")
+    p.add_argument("--ignore-eos", action="store_true", help="do not stop at the end-of-text token")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="weights dtype (default fp32)")
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N, mps")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object (text, new_tokens, tokens_per_sec, ...) at the end instead")
+    p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("data", help="inspect a corpus")
     dsub = p.add_subparsers(dest="data_command", required=True)
@@ -444,6 +579,15 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--n-heads", type=int, help="attention heads, when the width is not a GPT-2 size")
     q.add_argument("--tokenizer", default="gpt2", choices=["gpt2", "bytes"], help="the tokenizer it was trained with")
     q.set_defaults(func=cmd_ckpt_import)
+
+    p = sub.add_parser("import-gpt2", help="load OpenAI's pretrained GPT-2 weights as a checkpoint")
+    p.add_argument("source", help="gpt2-small, gpt2-medium, gpt2-large or gpt2-xl (Hugging Face cache, else "
+                                  "the Hub; needs gpttui[hub]), or a folder: config.json + model.safetensors "
+                                  "or pytorch_model.bin, or OpenAI's TensorFlow checkpoint (needs gpttui[tf])")
+    p.add_argument("--name", help="checkpoint name (default: the size name)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint of that name")
+    p.add_argument("--offline", action="store_true", help="use only the local Hugging Face cache")
+    p.set_defaults(func=cmd_import_gpt2)
     return parser
 
 

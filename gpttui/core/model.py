@@ -19,35 +19,65 @@ from gpttui.core.config import GPTConfig
 
 
 class KVCache:
-    """Keys and values of past positions, one entry per layer, for incremental decoding."""
+    """Keys and values of past positions, one entry per layer, for incremental decoding.
 
-    def __init__(self, n_layers: int) -> None:
-        self.keys: list[torch.Tensor | None] = [None] * n_layers
-        self.values: list[torch.Tensor | None] = [None] * n_layers
+    Each layer's keys and values live in a buffer of shape (batch, heads, capacity, head_dim) that
+    grows by doubling (up to ``capacity`` when given: the model's context length), so appending a
+    token writes one slot instead of copying the whole cache as ``torch.cat`` would.
+    """
+
+    def __init__(self, n_layers: int, capacity: int | None = None) -> None:
+        self.capacity = capacity
+        self._k: list[torch.Tensor | None] = [None] * n_layers
+        self._v: list[torch.Tensor | None] = [None] * n_layers
+        self._len = [0] * n_layers
 
     @property
     def length(self) -> int:
-        k = self.keys[0]
-        return 0 if k is None else k.shape[2]
+        return self._len[0]
+
+    def layer_length(self, layer: int) -> int:
+        return self._len[layer]
+
+    @property
+    def keys(self) -> list[torch.Tensor | None]:
+        return [None if k is None else k[:, :, :n] for k, n in zip(self._k, self._len)]
+
+    @property
+    def values(self) -> list[torch.Tensor | None]:
+        return [None if v is None else v[:, :, :n] for v, n in zip(self._v, self._len)]
 
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.keys[layer] is not None:
-            k = torch.cat([self.keys[layer], k], dim=2)
-            v = torch.cat([self.values[layer], v], dim=2)
-        self.keys[layer], self.values[layer] = k, v
-        return k, v
+        """Store ``k``/``v`` (batch, heads, new, head_dim) after the layer's past; return all of it."""
+        n, t = self._len[layer], k.shape[2]
+        need = n + t
+        buf_k, buf_v = self._k[layer], self._v[layer]
+        if (buf_k is None or buf_k.shape[2] < need or buf_k.shape[:2] != k.shape[:2] or buf_k.shape[3] != k.shape[3]
+                or buf_k.dtype != k.dtype or buf_k.device != k.device):
+            size = max(need, 64, 2 * (0 if buf_k is None else buf_k.shape[2]))
+            if self.capacity is not None:
+                size = max(need, min(size, self.capacity))
+            new_k = k.new_empty(k.shape[0], k.shape[1], size, k.shape[3])
+            new_v = v.new_empty(v.shape[0], v.shape[1], size, v.shape[3])
+            if n:
+                new_k[:, :, :n] = buf_k[:, :, :n]
+                new_v[:, :, :n] = buf_v[:, :, :n]
+            self._k[layer], self._v[layer] = buf_k, buf_v = new_k, new_v
+        buf_k[:, :, n:need] = k
+        buf_v[:, :, n:need] = v
+        self._len[layer] = need
+        return buf_k[:, :, :need], buf_v[:, :, :need]
 
     def crop(self, length: int) -> None:
         """Keep the first ``length`` positions."""
-        for i, (k, v) in enumerate(zip(self.keys, self.values)):
-            if k is not None:
-                self.keys[i], self.values[i] = k[:, :, :length], v[:, :, :length]
+        self._len = [min(n, max(0, length)) for n in self._len]
 
     def reorder(self, index: torch.Tensor) -> None:
         """Select batch rows (beam search)."""
-        for i, (k, v) in enumerate(zip(self.keys, self.values)):
+        for i, (k, v) in enumerate(zip(self._k, self._v)):
             if k is not None:
-                self.keys[i], self.values[i] = k.index_select(0, index), v.index_select(0, index)
+                idx = index.to(k.device)
+                self._k[i], self._v[i] = k.index_select(0, idx), v.index_select(0, idx)
 
 
 class MultiHeadAttention(nn.Module):
@@ -79,8 +109,7 @@ class MultiHeadAttention(nn.Module):
         v = self.W_value(x).view(shape).transpose(1, 2)
         past = 0
         if cache is not None:
-            past_k = cache.keys[layer]
-            past = 0 if past_k is None else past_k.shape[2]
+            past = cache.layer_length(layer)
             k, v = cache.append(layer, k, v)
         dropout_p = self.dropout if self.training else 0.0
         if past == 0:
@@ -159,7 +188,9 @@ class GPTModel(nn.Module):
             nn.init.normal_(self.tok_emb.weight, std=0.02)
             self.out_head.weight = self.tok_emb.weight
 
-    def forward(self, in_idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, in_idx: torch.Tensor, cache: KVCache | None = None, last_only: bool = False) -> torch.Tensor:
+        """Logits (batch, seq, vocab); with ``last_only`` those of the last position only (batch, 1,
+        vocab), which spares the output layer's work on a prompt when generating."""
         _, seq_len = in_idx.shape
         start = cache.length if cache is not None else 0
         if start + seq_len > self.cfg.context_length:
@@ -171,10 +202,12 @@ class GPTModel(nn.Module):
         x = self.drop_emb(self.tok_emb(in_idx) + self.pos_emb(positions))
         for i, block in enumerate(self.trf_blocks):
             x = block(x, cache, i)
+        if last_only:
+            x = x[:, -1:]
         return self.out_head(self.final_norm(x))
 
     def new_cache(self) -> KVCache:
-        return KVCache(self.cfg.n_layers)
+        return KVCache(self.cfg.n_layers, capacity=self.cfg.context_length)
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -211,6 +244,29 @@ def book_state_dict(model: GPTModel) -> dict[str, torch.Tensor]:
         if key.endswith(".att.out_proj.bias"):
             out[key.replace(".att.out_proj.bias", ".att.mask")] = mask.clone()
     return out
+
+
+def calc_loss_batch(input_batch: torch.Tensor, target_batch: torch.Tensor, model: nn.Module,
+                    device: torch.device | str) -> torch.Tensor:
+    """The book's ``calc_loss_batch``: mean cross-entropy of the next-token predictions."""
+    input_batch, target_batch = input_batch.to(device), target_batch.to(device)
+    logits = model(input_batch)
+    return F.cross_entropy(logits.flatten(0, 1), target_batch.flatten())
+
+
+def calc_loss_loader(data_loader, model: nn.Module, device: torch.device | str,
+                     num_batches: int | None = None) -> float:
+    """The book's ``calc_loss_loader``: mean batch loss over the first ``min(num_batches, len)``
+    batches (all when None); nan for an empty loader."""
+    if len(data_loader) == 0:
+        return float("nan")
+    num_batches = len(data_loader) if num_batches is None else min(num_batches, len(data_loader))
+    total_loss = 0.0
+    for i, (input_batch, target_batch) in enumerate(data_loader):
+        if i >= num_batches:
+            break
+        total_loss += calc_loss_batch(input_batch, target_batch, model, device).item()
+    return total_loss / num_batches
 
 
 def perplexity(loss: float) -> float:

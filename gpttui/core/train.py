@@ -19,6 +19,7 @@ import os
 import secrets
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -246,6 +247,8 @@ class TrainControl:
         self._running = threading.Event()
         self._running.set()
         self._save_now = threading.Event()
+        self._lock = threading.Lock()
+        self._snapshots: list[Future] = []
         self.save_on_stop = True
         self.stop_reason = "stopped"
 
@@ -280,6 +283,19 @@ class TrainControl:
 
     def wait_while_paused(self) -> None:
         self._running.wait()
+
+    def request_snapshot(self) -> Future:
+        """A copy of the model's weights, taken by the trainer between two steps (so it never mixes
+        weights from before and after an update). Resolves to a state_dict of CPU tensors."""
+        future: Future = Future()
+        with self._lock:
+            self._snapshots.append(future)
+        return future
+
+    def take_snapshot_requests(self) -> list[Future]:
+        with self._lock:
+            requests, self._snapshots = self._snapshots, []
+        return requests
 
 
 # --- run directory -------------------------------------------------------------------------------
@@ -559,9 +575,25 @@ class Trainer:
         self._emit(CheckpointEvent(p.step - 1, name, str(path)))
         return name
 
+    def serve_snapshots(self) -> None:
+        """Answer pending weight-snapshot requests (called between steps)."""
+        requests = self.control.take_snapshot_requests()
+        if not requests or self.model is None:
+            return
+        weights = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+        for future in requests:
+            if not future.cancelled():
+                future.set_result((self.model_config, weights))
+
     # -- the loop
     def run(self) -> Event:
         """Train until done, stopped or failed; returns the final (finished or failed) event."""
+        try:
+            return self._run_logged()
+        finally:
+            self._cancel_snapshots()
+
+    def _run_logged(self) -> Event:
         start_time = time.perf_counter()
         try:
             self._log = RunLog(self.run_id)
@@ -581,6 +613,10 @@ class Trainer:
         self._emit(event)
         self._log.close()
         return event
+
+    def _cancel_snapshots(self) -> None:
+        for future in self.control.take_snapshot_requests():
+            future.cancel()  # the run is over: the caller copies the weights itself
 
     def _run(self, start_time: float) -> Event:
         cfg = self.config
@@ -619,6 +655,7 @@ class Trainer:
                     break
                 if self.control.paused:
                     self._emit(StateEvent(True, self.pos.step - 1))
+                    self.serve_snapshots()
                     self.control.wait_while_paused()
                     self._emit(StateEvent(False, self.pos.step - 1))
                     step_start = time.perf_counter()
@@ -691,6 +728,7 @@ class Trainer:
                 self.save(device)
             if self.control.take_save_request():
                 self.save(device)
+            self.serve_snapshots()
             step_start = time.perf_counter()
         if reason == "completed" and self.pos.step > 0 and not sampled_last:
             self._sample(device, self.pos.epoch + (0 if self.pos.batch == 0 else 1))

@@ -87,3 +87,4 @@ class AppState:
     corpus: Corpus | None = None
     prepared: PreparedData | None = None
     session: TrainingSession = field(default_factory=TrainingSession)
+    generate_checkpoint: str | None = None  # asked for by the Checkpoints screen

@@ -1,0 +1,434 @@
+"""Generate screen: a chat-style panel that streams a model's continuation, with sampling controls
+and a view of each token's probability and alternatives."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import CancelledError, TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+
+import torch
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import Button, Checkbox, Footer, Header, Input, Label, Select, Static
+
+from gpttui.core import checkpoints
+from gpttui.core.errors import GPTTUIError
+from gpttui.core.generate import GenerationResult, SamplingConfig, TokenEvent, stream
+from gpttui.core.model import GPTModel
+from gpttui.core.tokenizer import get_tokenizer
+from gpttui.core.train import pick_device
+from gpttui.tui.widgets import Field, read_field
+
+TRAINING = "__training__"
+FLUSH_SECONDS = 0.05  # stream to the screen at most 20 times a second, whatever the model's speed
+
+PRESETS = {
+    "book greedy": dict(temperature=0.0, top_k=None, top_p=None, repetition_penalty=1.0, num_beams=1),
+    "book top-k 25, T 1.4": dict(temperature=1.4, top_k=25, top_p=None, repetition_penalty=1.0, num_beams=1),
+    "creative": dict(temperature=0.9, top_k=None, top_p=0.95, repetition_penalty=1.15, num_beams=1),
+    "beam search (4)": dict(temperature=0.0, top_k=None, top_p=None, repetition_penalty=1.0, num_beams=4),
+}
+SAMPLING_FIELDS = [
+    ("temperature", "Temperature", "float", 0.0),
+    ("top_k", "Top-k", "optional int", 1),
+    ("top_p", "Top-p", "optional float", 0.0),
+    ("repetition_penalty", "Rep. penalty", "float", 0.0),
+    ("max_new_tokens", "Max tokens", "int", 1),
+    ("seed", "Seed", "optional int", 0),
+    ("num_beams", "Beams", "int", 1),
+    ("length_penalty", "Length pen.", "float", None),
+]
+
+
+def prob_style(p: float | None) -> str:
+    """Colour of a token by the probability it had: sure (green) to surprising (red)."""
+    if p is None:
+        return ""
+    if p >= 0.6:
+        return "green"
+    if p >= 0.3:
+        return "yellow"
+    if p >= 0.1:
+        return "dark_orange"
+    return "red"
+
+
+@dataclass
+class Turn:
+    prompt: str
+    model: str
+    tokens: list[TokenEvent] = field(default_factory=list)
+    result: GenerationResult | None = None
+    error: str | None = None
+
+    @property
+    def text(self) -> str:
+        return "".join(t.text for t in self.tokens)
+
+
+@dataclass
+class GenerationChunk(Message):
+    turn: int
+    events: list[TokenEvent]
+
+
+@dataclass
+class GenerationDone(Message):
+    turn: int
+    result: GenerationResult | None
+    error: str | None = None
+
+
+class PromptInput(Input):
+    """An input that keeps a history of prompts (up / down)."""
+
+    BINDINGS = [Binding("up", "older", show=False), Binding("down", "newer", show=False)]
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.history: list[str] = []
+        self._pos = 0
+
+    def remember(self, text: str) -> None:
+        if text and (not self.history or self.history[-1] != text):
+            self.history.append(text)
+        self._pos = len(self.history)
+
+    def action_older(self) -> None:
+        if self.history and self._pos > 0:
+            self._pos -= 1
+            self.value = self.history[self._pos]
+            self.cursor_position = len(self.value)
+
+    def action_newer(self) -> None:
+        if self._pos < len(self.history) - 1:
+            self._pos += 1
+            self.value = self.history[self._pos]
+        else:
+            self._pos = len(self.history)
+            self.value = ""
+        self.cursor_position = len(self.value)
+
+
+class TurnView(Static):
+    """One prompt and its continuation; with probability colouring, each token is coloured by its
+    probability and the selected one is underlined."""
+
+    def __init__(self, turn: Turn, index: int) -> None:
+        super().__init__(classes="turn")
+        self.turn = turn
+        self.index = index
+        self.colour = False
+        self.selected: int | None = None
+
+    def show(self) -> None:
+        t = self.turn
+        text = Text()
+        text.append(f"{t.model} ▸ ", style="dim")
+        text.append(t.prompt, style="bold")
+        for i, tok in enumerate(t.tokens):
+            style = prob_style(tok.prob) if self.colour else ""
+            if self.colour and i == self.selected:
+                style += " reverse"
+            text.append(tok.text, style=style or None)
+        if t.result is not None:
+            r = t.result
+            text.append(f"\n{r.new_tokens} tokens · {r.tokens_per_sec:.1f} tok/s · stopped by {r.stopped_by}",
+                        style="dim italic")
+        elif t.error:
+            text.append(f"\n✗ {t.error}", style="red")
+        else:
+            text.append(" ▌", style="blink")
+        self.update(text)
+
+
+class GenerateScreen(Screen):
+    BINDINGS = [
+        Binding("escape", "stop", "Stop"),
+        Binding("ctrl+l", "clear", "Clear", priority=True),
+        Binding("ctrl+y", "copy", "Copy last turn", priority=True),
+        Binding("ctrl+k", "toggle_colour", "Probabilities", priority=True),
+        Binding("ctrl+left", "select_token(-1)", "Prev token", show=False, priority=True),
+        Binding("ctrl+right", "select_token(1)", "Next token", show=False, priority=True),
+    ]
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Horizontal(id="generate-main"):
+            with Vertical(id="chat-column"):
+                yield VerticalScroll(id="chat")
+                with Horizontal(id="prompt-row"):
+                    yield PromptInput(id="prompt", placeholder="Type a prompt and press Enter (↑/↓: history)")
+                    yield Button("Send", id="send", variant="primary")
+                    yield Button("Stop", id="stop", variant="error", disabled=True)
+            with VerticalScroll(id="generate-side", classes="panel"):
+                yield Label("Model", classes="section")
+                yield Select([("(no model yet)", "")], value="", id="model", allow_blank=False)
+                yield Label("Sampling", classes="section")
+                yield Select([(k, k) for k in PRESETS], value="book greedy", id="sampling-preset", allow_blank=False)
+                defaults = SamplingConfig()
+                for fid, label, kind, minimum in SAMPLING_FIELDS:
+                    yield Field(label, getattr(defaults, fid), id=fid, kind=kind, minimum=minimum)
+                yield Field("Stop at", "", id="stop_strings", kind="text", placeholder='e.g. \\n\\n | "."')
+                yield Checkbox("Colour by probability", False, id="colour")
+                yield Static("", id="sampling-problems")
+                yield Label("Token", classes="section")
+                yield Static("Turn on probability colouring, then Ctrl+←/→ picks a token.", id="token-details")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.turns: list[Turn] = []
+        self.views: list[TurnView] = []
+        self.cancel = threading.Event()
+        self.generating = False
+        self._models: dict[str, tuple[torch.nn.Module, str]] = {}
+        self._done_signal = None
+        self.refresh_models()
+
+    def on_screen_resume(self) -> None:
+        self.app.refresh_header()
+        self.refresh_models()
+        self.query_one("#prompt", PromptInput).focus()
+        wanted = getattr(self.app.state, "generate_checkpoint", None)
+        if wanted:
+            self.app.state.generate_checkpoint = None
+            select = self.query_one("#model", Select)
+            if wanted in [v for _, v in select._options]:
+                select.value = wanted
+
+    # -- models
+    def refresh_models(self) -> None:
+        select = self.query_one("#model", Select)
+        current = select.value
+        options = []
+        session = self.app.state.session
+        if session.trainer is not None and session.trainer.model is not None:
+            options.append((f"Training run: {session.label} (snapshot)", TRAINING))
+        for info in checkpoints.list_checkpoints():
+            if info.ok:
+                options.append((f"{info.name} ({info.source})", info.name))
+        if not options:
+            options = [("(no model yet: train one or import GPT-2)", "")]
+        select.set_options(options)
+        values = [v for _, v in options]
+        select.value = current if current in values else values[0]
+
+    def _load_model(self, name: str) -> tuple[torch.nn.Module, str]:
+        """(model, tokenizer name) for a checkpoint or the running training (a fresh snapshot)."""
+        if name == TRAINING:
+            session = self.app.state.session
+            trainer = session.trainer
+            if trainer is None or trainer.model is None:
+                raise GPTTUIError("No training run has a model yet.")
+            weights = None
+            if session.running and session.control is not None and not session.control.paused:
+                try:
+                    _, weights = session.control.request_snapshot().result(timeout=300)
+                except (FutureTimeout, CancelledError):
+                    weights = None
+            if weights is None:  # paused or finished: the weights are not moving
+                weights = {k: v.detach().to("cpu", copy=True) for k, v in trainer.model.state_dict().items()}
+            model = GPTModel(trainer.model_config)
+            model.load_state_dict(weights)
+            return model.to(pick_device("auto")).eval(), trainer.tokenizer.name
+        if name not in self._models:
+            loaded = checkpoints.load_checkpoint(name, device=pick_device("auto"))
+            self._models[name] = (loaded.model, loaded.meta.get("tokenizer") or "gpt2")
+        return self._models[name]
+
+    # -- sampling settings
+    @on(Select.Changed, "#sampling-preset")
+    def _preset(self, event: Select.Changed) -> None:
+        for key, value in PRESETS.get(str(event.value), {}).items():
+            self.query_one(f"#{key}", Input).value = "" if value is None else str(value)
+
+    def sampling_config(self) -> SamplingConfig:
+        values = {}
+        for fid, label, kind, _ in SAMPLING_FIELDS:
+            try:
+                values[fid] = read_field(self.query_one(f"#{fid}", Input), kind)
+            except ValueError as exc:
+                raise ValueError(f"{label}: {exc}") from None
+        stops = self.query_one("#stop_strings", Input).value
+        values["stop"] = tuple(s.strip().encode().decode("unicode_escape") for s in stops.split("|") if s.strip())
+        return SamplingConfig(**values).validate()
+
+    @on(Input.Changed, ".field-input")
+    def _check_settings(self) -> None:
+        problems = self.query_one("#sampling-problems", Static)
+        try:
+            self.sampling_config()
+            problems.update("")
+        except (ValueError, GPTTUIError) as exc:
+            problems.update(Text(f"✗ {exc}", style="red"))
+
+    # -- sending and streaming
+    @on(Input.Submitted, "#prompt")
+    @on(Button.Pressed, "#send")
+    def action_send(self) -> None:
+        if self.generating:
+            self.app.notify("Still generating: Escape stops it.", severity="warning")
+            return
+        prompt_input = self.query_one("#prompt", PromptInput)
+        prompt = prompt_input.value
+        name = str(self.query_one("#model", Select).value)
+        if not name:
+            self.app.notify("No model to talk to: train one (F3) or import GPT-2 (F5).", severity="error")
+            return
+        try:
+            cfg = self.sampling_config()
+        except (ValueError, GPTTUIError) as exc:
+            self.app.notify(str(exc), title="Sampling settings", severity="error")
+            return
+        prompt_input.remember(prompt)
+        prompt_input.value = ""
+        label = self.query_one("#model", Select)._options
+        model_label = next((lbl for lbl, v in label if v == name), name)
+        turn = Turn(prompt, str(model_label).split(" (")[0])
+        self.turns.append(turn)
+        view = TurnView(turn, len(self.turns) - 1)
+        view.colour = self.query_one("#colour", Checkbox).value
+        self.views.append(view)
+        chat = self.query_one("#chat", VerticalScroll)
+        chat.mount(view)
+        view.show()
+        self._follow(chat)
+        self.cancel = threading.Event()
+        self.generating = True
+        self._sync_buttons()
+        self.run_generation(len(self.turns) - 1, name, prompt, cfg, self.cancel, view.colour)
+
+    @work(thread=True, exclusive=True, group="generate")
+    def run_generation(self, index: int, name: str, prompt: str, cfg: SamplingConfig, cancel: threading.Event,
+                       details: bool) -> None:
+        try:
+            model, tokenizer_name = self._load_model(name)
+            tokenizer = get_tokenizer(tokenizer_name)
+            s = stream(model, tokenizer, prompt, cfg, cancel=cancel, details=True)
+            batch: list[TokenEvent] = []
+            last = time.monotonic()
+            for event in s:
+                batch.append(event)
+                now = time.monotonic()
+                if now - last >= FLUSH_SECONDS:
+                    self.post_message(GenerationChunk(index, batch))
+                    batch, last = [], now
+                if cancel.is_set():
+                    s.close()
+                    break
+            if batch:
+                self.post_message(GenerationChunk(index, batch))
+            self.post_message(GenerationDone(index, s.result))
+        except GPTTUIError as exc:
+            self.post_message(GenerationDone(index, None, str(exc)))
+        except Exception as exc:  # the chat must survive anything the model does
+            self.post_message(GenerationDone(index, None, f"{type(exc).__name__}: {exc}"))
+
+    def on_generation_chunk(self, message: GenerationChunk) -> None:
+        turn = self.turns[message.turn]
+        turn.tokens.extend(message.events)
+        self.views[message.turn].show()
+        self._follow(self.query_one("#chat", VerticalScroll))
+        if self._done_signal is not None:
+            self._done_signal.set()
+
+    def on_generation_done(self, message: GenerationDone) -> None:
+        turn = self.turns[message.turn]
+        turn.result, turn.error = message.result, message.error
+        self.views[message.turn].show()
+        self.generating = False
+        self._sync_buttons()
+        self._follow(self.query_one("#chat", VerticalScroll))
+        if message.error:
+            self.app.notify(message.error, title="Generation failed", severity="error")
+        if self._done_signal is not None:
+            self._done_signal.set()
+
+    async def wait_until(self, predicate, timeout: float = 120) -> Turn | None:
+        """Until ``predicate(screen)`` holds, checked after each streamed chunk and at the end."""
+        import asyncio
+
+        if self._done_signal is None:
+            self._done_signal = asyncio.Event()
+
+        async def waiter() -> None:
+            while not predicate(self):
+                self._done_signal.clear()
+                await self._done_signal.wait()
+
+        await asyncio.wait_for(waiter(), timeout)
+        return self.turns[-1] if self.turns else None
+
+    async def wait_done(self, timeout: float = 120) -> Turn:
+        """Until the current generation has ended; the last turn."""
+        return await self.wait_until(lambda screen: not screen.generating, timeout)
+
+    def _follow(self, chat: VerticalScroll) -> None:
+        """Stick to the bottom unless the user scrolled up."""
+        if chat.max_scroll_y - chat.scroll_y <= 3:
+            chat.scroll_end(animate=False)
+
+    def _sync_buttons(self) -> None:
+        self.query_one("#send", Button).disabled = self.generating
+        self.query_one("#stop", Button).disabled = not self.generating
+
+    # -- actions
+    @on(Button.Pressed, "#stop")
+    def action_stop(self) -> None:
+        if self.generating:
+            self.cancel.set()
+
+    def action_clear(self) -> None:
+        if self.generating:
+            self.cancel.set()
+        self.turns, self.views = [], []
+        self.query_one("#chat", VerticalScroll).remove_children()
+        self.query_one("#token-details", Static).update("")
+
+    def action_copy(self) -> None:
+        if not self.turns:
+            return
+        turn = self.turns[-1]
+        self.app.copy_to_clipboard(turn.prompt + turn.text)
+        self.app.notify("Copied the last turn to the clipboard.")
+
+    @on(Checkbox.Changed, "#colour")
+    def _colour_changed(self, event: Checkbox.Changed) -> None:
+        for view in self.views:
+            view.colour = event.value
+            view.show()
+
+    def action_toggle_colour(self) -> None:
+        box = self.query_one("#colour", Checkbox)
+        box.value = not box.value
+
+    def action_select_token(self, delta: int) -> None:
+        if not self.views:
+            return
+        view = self.views[-1]
+        tokens = [i for i, t in enumerate(view.turn.tokens) if t.token_id is not None]
+        if not tokens:
+            return
+        if not view.colour:
+            self.query_one("#colour", Checkbox).value = True
+        pos = tokens.index(view.selected) if view.selected in tokens else (len(tokens) if delta < 0 else -1)
+        view.selected = tokens[max(0, min(len(tokens) - 1, pos + delta))]
+        view.show()
+        self.show_token(view.turn.tokens[view.selected])
+
+    def show_token(self, tok: TokenEvent) -> None:
+        text = Text()
+        text.append(repr(tok.text) + "\n", style="bold")
+        if tok.prob is not None:
+            text.append(f"p = {tok.prob:.3f}\n", style=prob_style(tok.prob))
+        for alt in tok.alternatives:
+            marker = "▸ " if alt.token_id == tok.token_id else "  "
+            text.append(f"{marker}{alt.prob:6.3f}  {alt.text!r}\n", style=prob_style(alt.prob))
+        self.query_one("#token-details", Static).update(text)
