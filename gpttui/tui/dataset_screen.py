@@ -240,11 +240,14 @@ class DatasetScreen(Screen):
         s, st = prepared.stats, prepared.settings
         lines = [
             f"[b]{escape(prepared.corpus.label)}[/b]",
-            f"Characters     {s.characters:>12,}   train {s.train_characters:,} / val {s.val_characters:,}",
-            f"Tokens         {s.tokens:>12,}   train {s.train_tokens:,} / val {s.val_tokens:,}   ({prepared.tokenized.tokenizer.name})",
-            f"Windows        {s.train_windows:>12,}   train, {s.val_windows:,} val   (context {st.context_length}, stride {st.effective_stride})",
-            f"Batches/epoch  {s.train_batches:>12,}   train, {s.val_batches:,} val   (batch {st.batch_size})",
-            f"Tokens/epoch   {s.tokens_per_epoch:>12,}",
+            f"[dim]{'':9} {'total':>9} {'train':>9} {'val':>8}[/dim]",
+            f"{'chars':9} {s.characters:>9,} {s.train_characters:>9,} {s.val_characters:>8,}",
+            f"{'tokens':9} {s.tokens:>9,} {s.train_tokens:>9,} {s.val_tokens:>8,}",
+            f"{'windows':9} {'':>9} {s.train_windows:>9,} {s.val_windows:>8,}",
+            f"{'batches':9} {'':>9} {s.train_batches:>9,} {s.val_batches:>8,}",
+            f"{'tok/epoch':9} {s.tokens_per_epoch:>9,}",
+            f"[dim]{prepared.tokenized.tokenizer.name} · context {st.context_length} · "
+            f"stride {st.effective_stride} · batch {st.batch_size}[/dim]",
         ]
         self.query_one("#stats", Static).update("\n".join(lines))
         notes = [f"[red]✗ {escape(p)}[/red]" for p in s.problems]

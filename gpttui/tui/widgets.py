@@ -81,13 +81,18 @@ class MetricChart(PlotextPlot):
         self.log_y = log_y
         self._series: list[tuple[str, list[float], list[float], str]] = []
         self._xlabel = "step"
-        self.draw_seconds = 0.0
+        self._signature: tuple | None = None
 
     @property
     def point_count(self) -> int:
         return sum(len(s[1]) for s in self._series)
 
     def set_series(self, series: Iterable[tuple[str, Sequence[float], Sequence[float]]], xlabel: str = "step") -> None:
+        series = list(series)
+        signature = (xlabel, tuple((len(xs), xs[-1] if len(xs) else None) for _, xs, _ in series))
+        if signature == self._signature:
+            return  # nothing new for this chart: skip downsampling and repainting
+        self._signature = signature
         data = []
         for i, (label, xs, ys) in enumerate(series):
             pairs = [(x, y) for x, y in zip(xs, ys) if y is not None and math.isfinite(y)] if len(xs) < 2000 else None
