@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import signal
 import sys
 from typing import Any, Sequence
 
 from gpttui import __version__
 from gpttui.core.errors import GPTTUIError
+from gpttui.core.units import format_bytes as _fmt_size, format_duration as _fmt_time
 
 EXIT_ERROR = 2
 
@@ -33,24 +33,6 @@ class Out:
             stream.flush()
         except (OSError, ValueError):
             self.alive = False
-
-
-def _fmt_time(seconds: float | None) -> str:
-    if seconds is None or not math.isfinite(seconds):
-        return "?"
-    seconds = int(seconds)
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
-
-
-def _fmt_size(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if size < 1024 or unit == "TB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
 
 
 # --- data / tokenizer / model info -------------------------------------------------------------------

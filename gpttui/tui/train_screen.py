@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 
 from rich.markup import escape
 from rich.text import Text
@@ -18,10 +17,12 @@ from gpttui.core.config import CPU_SHAPES, GPT2_SHAPES, PRESETS, GPTConfig, pres
 from gpttui.core.errors import GPTTUIError
 from gpttui.core.model import parameter_count, training_memory_estimate
 from gpttui.core.tokenizer import get_tokenizer
+from gpttui.core.units import format_bytes as _fmt_bytes, format_duration
 from gpttui.core.train import TrainConfig, Trainer
 from gpttui.tui.widgets import Field, MetricChart, read_field
 
 NEW_MODEL = "__new__"
+NONE = "–"
 OPTIM_FIELDS = [
     # id, label, kind, minimum, tooltip
     ("lr", "Learning rate", "float", 0.0, "peak learning rate (AdamW)"),
@@ -36,23 +37,6 @@ OPTIM_FIELDS = [
     ("eval_iter", "Eval batches", "int", 1, "batches per evaluation"),
     ("seed", "Seed", "int", 0, None),
 ]
-
-
-def _fmt_time(seconds: float | None) -> str:
-    if seconds is None or not math.isfinite(seconds):
-        return "–"
-    seconds = int(seconds)
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
-
-
-def _fmt_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024:
-            return f"{n:.0f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TB"
 
 
 class TrainScreen(Screen):
@@ -322,7 +306,7 @@ class TrainScreen(Screen):
             lines[0] += (f" · step {last.step + 1:,}/{last.total_steps:,} · epoch {last.epoch} · "
                          f"{snap.progress:.0%}")
             lines.append(f"{last.tokens_seen:,} tokens seen · {last.tokens_per_sec:,.0f} tok/s · "
-                         f"elapsed {_fmt_time(last.elapsed)} · ETA {_fmt_time(last.eta)}")
+                         f"elapsed {format_duration(last.elapsed, NONE)} · ETA {format_duration(last.eta, NONE)}")
             loss = f"loss {last.loss:.3f} · lr {last.lr:.2e} · grad norm {last.grad_norm:.2f}"
             if ev is not None:
                 loss += f" · train {ev.train_loss:.3f} / val {ev.val_loss:.3f}"
