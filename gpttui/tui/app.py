@@ -14,6 +14,7 @@ from textual.widgets import Button, Label
 
 from gpttui.core.data import DataSettings
 from gpttui.core.train import CheckpointEvent, Event, FailedEvent, FinishedEvent
+from gpttui.tui.checkpoints_screen import CheckpointsScreen
 from gpttui.tui.dataset_screen import DatasetScreen
 from gpttui.tui.generate_screen import GenerateScreen
 from gpttui.tui.messages import TrainingEvent
@@ -42,12 +43,14 @@ class QuitScreen(ModalScreen[str]):
 class GPTTUIApp(App):
     CSS_PATH = "gpttui.tcss"
     TITLE = "gpttui"
-    MODES = {"dataset": DatasetScreen, "train": TrainScreen, "generate": GenerateScreen}
+    MODES = {"dataset": DatasetScreen, "train": TrainScreen, "generate": GenerateScreen,
+             "checkpoints": CheckpointsScreen}
     DEFAULT_MODE = "dataset"
     BINDINGS = [
         Binding("f2", "switch_mode('dataset')", "Dataset", priority=True),
         Binding("f3", "switch_mode('train')", "Train", priority=True),
         Binding("f4", "switch_mode('generate')", "Generate", priority=True),
+        Binding("f5", "switch_mode('checkpoints')", "Checkpoints", priority=True),
         Binding("ctrl+q", "quit", "Quit", priority=True),
     ]
 
@@ -59,7 +62,8 @@ class GPTTUIApp(App):
 
     # -- header
     def refresh_header(self) -> None:
-        parts = [{"dataset": "Dataset", "train": "Train", "generate": "Generate"}.get(self.current_mode, self.current_mode.title())]
+        parts = [{"dataset": "Dataset", "train": "Train", "generate": "Generate",
+                  "checkpoints": "Checkpoints"}.get(self.current_mode, self.current_mode.title())]
         prepared = self.state.prepared
         if prepared is not None:
             parts.append(prepared.corpus.label)
@@ -134,6 +138,8 @@ class GPTTUIApp(App):
                             lambda: self.switch_mode("train"))
         yield SystemCommand("Generate screen", "Talk to a checkpoint or the model being trained (F4)",
                             lambda: self.switch_mode("generate"))
+        yield SystemCommand("Checkpoints screen", "Saved models: generate, continue, rename, export, import (F5)",
+                            lambda: self.switch_mode("checkpoints"))
         yield SystemCommand("Use the built-in corpus", "Python's reference manual, shipped with CPython",
                             self._use_builtin)
         if isinstance(screen, TrainScreen):

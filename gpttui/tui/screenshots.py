@@ -54,8 +54,14 @@ async def _shoot(out: Path) -> list[Path]:
         screen.redraw()
         await pilot.pause()
         written.append(Path(app.save_screenshot(str(out / "train.svg"))))
-        app.state.session.stop(save=False)
+        # Stop and save, so the Checkpoints screen lists the run's checkpoint with its loss curve.
+        app.state.session.stop(save=True)
         await app.state.session.worker.wait()
+        await pilot.press("f5")
+        await pilot.pause()
+        await app.workers.wait_for_complete([w for w in app.workers if w.group in ("import", "details")])
+        await pilot.pause()
+        written.append(Path(app.save_screenshot(str(out / "checkpoints.svg"))))
     return written
 
 
