@@ -16,7 +16,7 @@ SIZE = (120, 40)
 
 
 async def _shoot(out: Path) -> list[Path]:
-    from textual.widgets import Input
+    from textual.widgets import Checkbox, Input, Select
 
     from gpttui.core.data import DataSettings
     from gpttui.core.errors import TokenizerError
@@ -43,17 +43,36 @@ async def _shoot(out: Path) -> list[Path]:
         screen = app.screen
         for wid, value in (("n_layers", "2"), ("n_heads", "4"), ("emb_dim", "64"), ("lr", "0.003"),
                            ("min_lr", "0.0003"), ("warmup_steps", "10"), ("grad_clip", "1.0"),
-                           ("eval_freq", "5"), ("eval_iter", "2"), ("max_steps", "300"),
+                           ("eval_freq", "5"), ("eval_iter", "2"), ("max_steps", "400"),
                            ("start_context", "The return statement"), ("save_name", "pydoc-tiny")):
             screen.query_one(f"#{wid}", Input).value = value
         await pilot.pause()
         await pilot.press("f6")
-        await app.wait_for_event(lambda e: isinstance(e, EvalEvent) and e.step >= 100, timeout=900)
+        await app.wait_for_event(lambda e: isinstance(e, EvalEvent) and e.step >= 250, timeout=900)
         await pilot.press("f7")
         await app.wait_for_event(lambda e: isinstance(e, StateEvent) and e.paused)
         screen.redraw()
         await pilot.pause()
         written.append(Path(app.save_screenshot(str(out / "train.svg"))))
+
+        # Talk to the model being trained (paused, so its weights are still), colours on.
+        await pilot.press("f4")
+        await pilot.pause()
+        chat = app.screen
+        chat.query_one("#colour", Checkbox).value = True
+        for preset, prompt in (("book greedy", "The return statement"),
+                               ("book top-k 25, T 1.4", "A class definition")):
+            chat.query_one("#sampling-preset", Select).value = preset
+            await pilot.pause()
+            chat.query_one("#max_new_tokens", Input).value = "40"
+            chat.query_one("#seed", Input).value = "123"
+            chat.query_one("#prompt", Input).value = prompt
+            await pilot.press("enter")
+            await chat.wait_done()
+        for _ in range(3):
+            await pilot.press("ctrl+left")
+        await pilot.pause()
+        written.append(Path(app.save_screenshot(str(out / "generate.svg"))))
         # Stop and save, so the Checkpoints screen lists the run's checkpoint with its loss curve.
         app.state.session.stop(save=True)
         await app.state.session.worker.wait()
