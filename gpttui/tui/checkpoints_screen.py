@@ -32,6 +32,7 @@ from textual.widgets import Button, Checkbox, DataTable, Footer, Header, Input, 
 from textual.widgets.data_table import CellDoesNotExist
 
 from gpttui.core import checkpoints
+from gpttui.core.units import format_bytes as human_bytes, format_count as human_count
 from gpttui.core.errors import GPTTUIError
 from gpttui.core.train import CheckpointEvent, FinishedEvent
 from gpttui.tui.widgets import MetricChart
@@ -67,23 +68,6 @@ COLUMNS = (("Name", "name"), ("Model", "model"), ("Params", "params"), ("Source"
 # ---------------------------------------------------------------------------------------------
 # Formatting
 # ---------------------------------------------------------------------------------------------
-
-
-def human_count(n: float | None) -> str:
-    if not isinstance(n, (int, float)) or isinstance(n, bool) or not math.isfinite(n):
-        return "–"
-    for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= div:
-            return f"{n / div:.1f}{unit}"
-    return f"{int(n)}"
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TB"
 
 
 def local_time(iso: str | None, short: bool = False) -> str:

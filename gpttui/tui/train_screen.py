@@ -17,7 +17,7 @@ from gpttui.core.config import CPU_SHAPES, GPT2_SHAPES, PRESETS, GPTConfig, pres
 from gpttui.core.errors import GPTTUIError
 from gpttui.core.model import parameter_count, training_memory_estimate
 from gpttui.core.tokenizer import get_tokenizer
-from gpttui.core.units import format_bytes as _fmt_bytes, format_duration
+from gpttui.core.units import format_bytes as _fmt_bytes, format_count, format_duration
 from gpttui.core.train import TrainConfig, Trainer
 from gpttui.tui.widgets import Field, MetricChart, read_field
 
@@ -190,7 +190,7 @@ class TrainScreen(Screen):
             return
         n = parameter_count(cfg)
         mem = training_memory_estimate(cfg, self.app.state.settings.batch_size)
-        info.update(f"{n / 1e6:.1f}M parameters · context {cfg.context_length} (from Dataset)\n"
+        info.update(f"{format_count(n)} parameters · context {cfg.context_length} (from Dataset)\n"
                     f"≈ {_fmt_bytes(mem)} to train (weights, AdamW, activations)")
 
     # -- actions
@@ -314,7 +314,7 @@ class TrainScreen(Screen):
                 loss += f" · best val {snap.best_val_loss:.3f}"
             lines.append(loss)
         if st is not None:
-            lines.append(f"{st.device} · {st.dtype} · {st.n_params / 1e6:.1f}M params · run {st.run_id}")
+            lines.append(f"{st.device} · {st.dtype} · {format_count(st.n_params)} params · run {st.run_id}")
         if snap.checkpoints:
             c = snap.checkpoints[-1]
             lines.append(f"saved {escape(c.name)} at step {c.step + 1}")
