@@ -491,7 +491,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("generate", help="continue a prompt with a checkpoint, streaming the text")
-    p.add_argument("--checkpoint", required=True, metavar="NAME", help="checkpoint name (see `gpttui checkpoints list`)")
+    p.add_argument("--checkpoint", required=True, metavar="NAME",
+                   help="checkpoint name (see `gpttui checkpoints list`)")
     p.add_argument("--prompt", default="", help="text to continue (default: empty, start a document)")
     p.add_argument("--max-new-tokens", type=int, default=50, help="default 50")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
