@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from textual.widgets import Checkbox, Input, Select, Static
 
 from gpttui.core import checkpoints
@@ -133,3 +134,24 @@ async def test_chat_with_the_model_being_trained():
         assert app.state.session.running
         app.state.session.stop(save=False)
         await app.state.session.worker.wait()
+
+
+async def test_a_checkpoint_saved_again_is_reloaded_not_served_stale():
+    from gpttui.core.model import GPTModel
+
+    torch.manual_seed(1)
+    checkpoints.save_checkpoint("again", GPTModel(TINY), meta={"tokenizer": "bytes", "source": "trained"})
+    app = create_app(settings=SMALL)
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await open_generate(app, pilot, "again")
+        screen.query_one("#max_new_tokens", Input).value = "20"
+        cfg = SamplingConfig(max_new_tokens=20)
+        for seed in (1, 2):
+            if seed == 2:  # new weights under the same name, as continued training does
+                torch.manual_seed(seed)
+                checkpoints.save_checkpoint("again", GPTModel(TINY), meta={"tokenizer": "bytes", "source": "trained"})
+            screen.query_one("#prompt", Input).value = "abc"
+            await pilot.press("enter")
+            turn = await screen.wait_done()
+            expected = generate(checkpoints.load_checkpoint("again").model, ByteTokenizer(), "abc", cfg)
+            assert [t.token_id for t in turn.tokens if t.token_id is not None] == expected.token_ids

@@ -188,7 +188,7 @@ class GenerateScreen(Screen):
         self.views: list[TurnView] = []
         self.cancel = threading.Event()
         self.generating = False
-        self._models: dict[str, tuple[torch.nn.Module, str]] = {}
+        self._models: dict[tuple[str, int, int], tuple[torch.nn.Module, str]] = {}
         self._done_signal = None
         self.refresh_models()
 
@@ -238,10 +238,18 @@ class GenerateScreen(Screen):
             model = GPTModel(trainer.model_config)
             model.load_state_dict(weights)
             return model.to(pick_device("auto")).eval(), trainer.tokenizer.name
-        if name not in self._models:
+        # Keyed by the weights file's identity: a checkpoint saved again (training continued under
+        # the same name) is loaded again, not served stale from the cache.
+        try:
+            stat = (checkpoints.checkpoint_path(name) / "model.safetensors").stat()
+            key = (name, stat.st_mtime_ns, stat.st_size)
+        except OSError:
+            key = (name, 0, 0)
+        if key not in self._models:
             loaded = checkpoints.load_checkpoint(name, device=pick_device("auto"))
-            self._models[name] = (loaded.model, loaded.meta.get("tokenizer") or "gpt2")
-        return self._models[name]
+            self._models = {k: v for k, v in self._models.items() if k[0] != name}
+            self._models[key] = (loaded.model, loaded.meta.get("tokenizer") or "gpt2")
+        return self._models[key]
 
     # -- sampling settings
     @on(Select.Changed, "#sampling-preset")
