@@ -60,6 +60,9 @@ class GPTTUIApp(App):
         self.training_events: list[Event] = []
         self._event_signal: asyncio.Event | None = None
 
+    def on_mount(self) -> None:
+        self.run_worker(_warm_up_optimizer, thread=True, group="warm-up", exit_on_error=False)
+
     # -- header
     def refresh_header(self) -> None:
         parts = [{"dataset": "Dataset", "train": "Train", "generate": "Generate",
@@ -154,6 +157,18 @@ class GPTTUIApp(App):
         screen = self.screen
         if isinstance(screen, DatasetScreen):
             screen.action_builtin()
+
+
+def _warm_up_optimizer() -> None:
+    """The first AdamW pulls in a large part of torch (torch._dynamo...), holding the GIL for
+    seconds in bursts; do it while the user is still on the Dataset screen, not at Start."""
+    import torch
+
+    param = torch.zeros(1, requires_grad=True)
+    try:
+        torch.optim.AdamW([param], fused=True)
+    except (RuntimeError, TypeError):
+        torch.optim.AdamW([param])
 
 
 def create_app(state: AppState | None = None, settings: DataSettings | None = None) -> GPTTUIApp:
