@@ -181,5 +181,10 @@ def create_app(state: AppState | None = None, settings: DataSettings | None = No
 
 def run_app() -> int:
     app = create_app()
-    app.run()
+    try:
+        app.run()
+    finally:
+        # However the app ended (quit, a closed terminal, an error), a run still going finishes its
+        # step and saves; Python waits for the worker thread before the process exits.
+        app.state.session.stop(save=True)
     return app.return_code or 0
