@@ -213,3 +213,23 @@ async def test_continue_from_a_checkpoint_is_offered(tmp_path):
         assert isinstance(finished, FinishedEvent), getattr(finished, "message", "")
         await app.state.session.worker.wait()
     assert checkpoints.show("base")["step"] == 2
+
+
+async def test_hang_up_stops_saves_and_exits():
+    """What SIGHUP (a closed SSH link) and SIGTERM do: stop at the end of the step, save, leave."""
+    import signal
+
+    app = create_app(settings=SMALL)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_dataset(app, pilot)
+        await pilot.press("f3")
+        await pilot.pause()
+        await set_tiny_model(app, pilot)
+        app.screen.query_one("#save_name", Input).value = "hung-up"
+        app.screen.query_one("#max_steps", Input).value = "100000"
+        await pilot.press("f6")
+        await app.wait_for_event(lambda e: isinstance(e, EvalEvent))
+        app._hang_up(signal.SIGHUP)
+    assert app.state.session.wait_done(120)
+    assert app.return_code == 128 + signal.SIGHUP
+    assert checkpoints.show("hung-up")["step"] >= 1

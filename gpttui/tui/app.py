@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 from typing import Callable, Iterable
 
 from textual import on
@@ -62,6 +63,19 @@ class GPTTUIApp(App):
 
     def on_mount(self) -> None:
         self.run_worker(_warm_up_optimizer, thread=True, group="warm-up", exit_on_error=False)
+        # A closed SSH link (SIGHUP) or a kill (SIGTERM) must not lose the run: stop it at the end of
+        # the step, save, and leave (Python waits for the training thread before exiting).
+        try:
+            loop = asyncio.get_running_loop()
+            for sig in (getattr(signal, "SIGHUP", None), signal.SIGTERM):
+                if sig is not None:
+                    loop.add_signal_handler(sig, self._hang_up, sig)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass  # not on Unix, or not the main thread
+
+    def _hang_up(self, sig: int) -> None:
+        self.state.session.stop(save=True)
+        self.exit(return_code=128 + int(sig))
 
     # -- header
     def refresh_header(self) -> None:
@@ -186,5 +200,12 @@ def run_app() -> int:
     finally:
         # However the app ended (quit, a closed terminal, an error), a run still going finishes its
         # step and saves; Python waits for the worker thread before the process exits.
-        app.state.session.stop(save=True)
+        session = app.state.session
+        session.stop(save=True)
+        if not session.done.is_set():
+            try:
+                print("Stopping the training run after this step and saving…", flush=True)
+            except (OSError, ValueError):
+                pass  # the terminal is gone (closed SSH link)
+            session.wait_done()
     return app.return_code or 0

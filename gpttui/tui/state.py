@@ -7,6 +7,7 @@ screens redraw from its snapshots, never from counting messages.
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -52,6 +53,8 @@ class TrainingSession:
         self.trainer: Trainer | None = None
         self.worker: Worker | None = None
         self.label = ""
+        self.done = threading.Event()
+        self.done.set()  # nothing running yet
 
     @property
     def running(self) -> bool:
@@ -72,9 +75,21 @@ class TrainingSession:
                 app.post_message(TrainingEvent(event))
 
         trainer.callback = callback
-        self.worker = app.run_worker(trainer.run, name="training", group="training", thread=True,
+        done = self.done = threading.Event()
+
+        def run() -> Event:
+            try:
+                return trainer.run()
+            finally:
+                done.set()  # also when the app has gone and cancelled the worker object
+
+        self.worker = app.run_worker(run, name="training", group="training", thread=True,
                                      exclusive=True, exit_on_error=False)
         return self.worker
+
+    def wait_done(self, timeout: float | None = None) -> bool:
+        """Block until the training thread has ended (its final save included)."""
+        return self.done.wait(timeout)
 
     def stop(self, save: bool = True) -> None:
         if self.control is not None and self.running:
