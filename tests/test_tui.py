@@ -6,7 +6,7 @@ from textual.widgets import Input, Select, Static
 
 from gpttui.core import checkpoints
 from gpttui.core.data import DataSettings
-from gpttui.core.train import CheckpointEvent, EvalEvent, FinishedEvent, StateEvent, StepEvent
+from gpttui.core.train import CheckpointEvent, EvalEvent, FinishedEvent, StateEvent
 from gpttui.tui.app import QuitScreen, create_app
 from gpttui.tui.dataset_screen import DatasetScreen
 from gpttui.tui.train_screen import TrainScreen
@@ -34,6 +34,18 @@ async def set_tiny_model(app, pilot) -> None:
                        ("eval_iter", "2"), ("start_context", "The "), ("save_name", "pilot")):
         screen.query_one(f"#{wid}", Input).value = value
     await pilot.pause()
+
+
+async def start_long_run(app, pilot, save_name: str) -> None:
+    """From the Dataset screen: a tiny model on a run far longer than the test, started and evaluated once."""
+    await wait_dataset(app, pilot)
+    await pilot.press("f3")
+    await pilot.pause()
+    await set_tiny_model(app, pilot)
+    app.screen.query_one("#save_name", Input).value = save_name
+    app.screen.query_one("#max_steps", Input).value = "100000"
+    await pilot.press("f6")
+    await app.wait_for_event(lambda e: isinstance(e, EvalEvent))
 
 
 async def test_dataset_screen_shows_builtin_corpus_stats():
@@ -153,14 +165,7 @@ async def test_train_monitor_full_flow():
 async def test_quit_while_training_asks_then_stops_and_saves():
     app = create_app(settings=SMALL)
     async with app.run_test(size=(100, 30)) as pilot:
-        await wait_dataset(app, pilot)
-        await pilot.press("f3")
-        await pilot.pause()
-        await set_tiny_model(app, pilot)
-        app.screen.query_one("#save_name", Input).value = "quitter"
-        app.screen.query_one("#max_steps", Input).value = "100000"
-        await pilot.press("f6")
-        await app.wait_for_event(lambda e: isinstance(e, StepEvent) or e.event == "eval")
+        await start_long_run(app, pilot, "quitter")
         await pilot.press("ctrl+q")
         await pilot.pause()
         assert isinstance(app.screen, QuitScreen)
@@ -221,14 +226,7 @@ async def test_hang_up_stops_saves_and_exits():
 
     app = create_app(settings=SMALL)
     async with app.run_test(size=(100, 30)) as pilot:
-        await wait_dataset(app, pilot)
-        await pilot.press("f3")
-        await pilot.pause()
-        await set_tiny_model(app, pilot)
-        app.screen.query_one("#save_name", Input).value = "hung-up"
-        app.screen.query_one("#max_steps", Input).value = "100000"
-        await pilot.press("f6")
-        await app.wait_for_event(lambda e: isinstance(e, EvalEvent))
+        await start_long_run(app, pilot, "hung-up")
         app._hang_up(signal.SIGHUP)
     assert app.state.session.wait_done(120)
     assert app.return_code == 128 + signal.SIGHUP
