@@ -154,7 +154,6 @@ TRAIN_FIELDS = ("epochs", "max_steps", "lr", "min_lr", "weight_decay", "warmup_s
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from gpttui.core import checkpoints
     from gpttui.core.data import prepare_data
     from gpttui.core.tokenizer import get_tokenizer
     from gpttui.core.train import (CheckpointEvent, EvalEvent, FailedEvent, FinishedEvent, SampleEvent,
@@ -164,13 +163,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     saved_train: dict[str, Any] = {}
     data_defaults: dict[str, Any] = {}
     if args.resume:
-        info = checkpoints.show(args.resume)
-        saved_train = dict(info.get("train_config") or {})
-        ds = info.get("dataset") or {}
+        from gpttui.core.store import default_store
+
+        meta = default_store().read_meta(args.resume)  # a clear error for a broken checkpoint
+        saved_train = dict(meta.train_config)
+        ds = meta.dataset or {}
         data_defaults = {k: ds[k] for k in ("context_length", "stride", "batch_size", "train_ratio") if k in ds}
-        data_defaults.setdefault("context_length", (info.get("model_config") or {}).get("context_length"))
-        if info.get("tokenizer"):
-            data_defaults["tokenizer"] = info["tokenizer"]
+        data_defaults.setdefault("context_length", meta.model_config.context_length)
+        if meta.tokenizer:
+            data_defaults["tokenizer"] = meta.tokenizer
         if "source" in ds and args.data is None:
             data_defaults["data"] = ds["source"]
     settings = _data_settings(args, data_defaults)
@@ -187,7 +188,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.grad_clip == 0:
         values["grad_clip"] = None
     values["compile"] = bool(args.compile)
-    values["save_name"] = args.save or args.resume
+    values["save_name"] = args.save
     config = TrainConfig.from_dict(values)
     model_config = None if args.resume else _model_config(args, tokenizer.vocab_size)
 
@@ -216,7 +217,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         if isinstance(event, Started):
             resumed = f", resumed from {event.resumed_from} at step {event.start_step}" if event.resumed_from else ""
             out(f"Training {event.n_params:,} parameters on {event.device} ({event.dtype}){resumed}: "
-                f"{event.total_steps:,} steps, {event.tokens_per_step:,} tokens/step. Run: {event.run_dir}")
+                f"{event.total_steps:,} steps, {event.tokens_per_step:,} tokens/step, saving as "
+                f"{event.save_name!r}. Run: {event.run_dir}")
+            for note in event.notes:
+                out(f"note: {note}", err=True)
         elif isinstance(event, StepEvent):
             state["last_step"] = event
         elif isinstance(event, EvalEvent):
@@ -239,7 +243,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             out(f"error: {event.message}{last}", err=True)
 
     trainer = Trainer(prepared, tokenizer, config, model_config, callback=on_event, control=control,
-                      resume=args.resume)
+                      resume=args.resume, overwrite=args.overwrite, fresh_optimizer=args.fresh_optimizer)
     final = trainer.run()
     if isinstance(final, FailedEvent):
         return 1
@@ -484,8 +488,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N, mps")
     p.add_argument("--dtype", choices=["fp32", "bf16"], help="default fp32")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--save", metavar="NAME", help="checkpoint name (default: run-<id>, or the resumed name)")
-    p.add_argument("--resume", metavar="NAME", help="continue training a checkpoint")
+    p.add_argument("--save", metavar="NAME", help="checkpoint name (default: run-<id>; with --resume, the resumed "
+                                                  "name when training on its own data, else NAME-on-<data>)")
+    p.add_argument("--overwrite", action="store_true", help="allow --save to replace an existing checkpoint")
+    p.add_argument("--resume", metavar="NAME", help="continue training a checkpoint (on its own data by default)")
+    p.add_argument("--fresh-optimizer", action="store_true",
+                   help="resume although the checkpoint's optimizer or trainer state is missing (fresh AdamW)")
     p.add_argument("--checkpoint-every", type=int, metavar="N", help="also save every N steps")
     p.add_argument("--json", action="store_true", help="one JSON object per event on stdout")
     p.set_defaults(func=cmd_train)

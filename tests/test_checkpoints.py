@@ -257,8 +257,10 @@ def test_overwrite():
     ck.save_checkpoint("same", first)
     with pytest.raises(CheckpointError, match="already exists"):
         ck.save_checkpoint("same", second, overwrite=False)
+    with pytest.raises(CheckpointError, match="already exists"):
+        ck.save_checkpoint("same", second)  # the default keeps what exists
     assert_same_weights(first, ck.load_checkpoint("same").model)
-    ck.save_checkpoint("same", second)
+    ck.save_checkpoint("same", second, overwrite=True)
     assert_same_weights(second, ck.load_checkpoint("same").model)
     assert hidden_entries() == []
 
@@ -278,8 +280,9 @@ def test_failed_write_keeps_previous_checkpoint(monkeypatch):
     model = make_model(2)
     with monkeypatch.context() as patch:  # (monkeypatch.undo() would also undo GPTTUI_HOME)
         patch.setattr(os, "fsync", failing_fsync)
-        with pytest.raises(CheckpointError, match="No space left on device"):
-            ck.save_checkpoint("keep", model, optimizer=torch.optim.AdamW(model.parameters()))
+        with pytest.raises(CheckpointError, match="is full") as err:
+            ck.save_checkpoint("keep", model, optimizer=torch.optim.AdamW(model.parameters()), overwrite=True)
+    assert str(paths.checkpoints_dir()) in str(err.value) and "free" in str(err.value)
     assert len(calls) == 2
     assert hidden_entries() == []
     assert [i.name for i in ck.list_checkpoints()] == ["keep"]
@@ -319,7 +322,8 @@ KILL_SCRIPT = textwrap.dedent("""
         os.rename = kill_on_call(2, os.rename)
     elif point == "before-cleanup":  # new checkpoint in place, old one not yet deleted
         shutil.rmtree = kill_on_call(1, shutil.rmtree)
-    ck.save_checkpoint("run", model, optimizer=optimizer, trainer_state={"pos": 1}, meta={"step": 2})
+    ck.save_checkpoint("run", model, optimizer=optimizer, trainer_state={"pos": 1}, meta={"step": 2},
+                       overwrite=True)
     sys.exit(3)
 """)
 
@@ -470,7 +474,7 @@ def test_truncated_weights():
     ("[1, 2]", "JSON object"),
     ('{"model_config": {}}', "format_version"),
     ('{"format_version": 99, "model_config": {}}', "upgrade gpttui"),
-    ('{"format_version": 1}', "no model_config"),
+    ('{"format_version": 1}', "model_config must be an object"),
     ('{"format_version": 1, "model_config": {"emb_dim": 30, "n_heads": 4}}', "unusable model_config"),
 ])
 def test_bad_meta(content, words):

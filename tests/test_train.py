@@ -78,11 +78,11 @@ def test_events_run_log_and_book_semantics(corpus):
     assert isinstance(final, FinishedEvent) and final.reason == "completed"
     assert isinstance(events[0], Started) and events[0].total_steps == 11
     steps = [e for e in events if isinstance(e, StepEvent)]
-    assert [e.step for e in steps] == list(range(11))
+    assert [e.step for e in steps] == list(range(1, 12))  # optimizer steps done
     # tokens seen as the book counts them: input_batch.numel() per batch
     assert steps[-1].tokens_seen == 11 * 4 * 32
     evals = [e for e in events if isinstance(e, EvalEvent)]
-    assert [e.step for e in evals] == [0, 5, 10]  # global_step % eval_freq == 0
+    assert [e.step for e in evals] == [1, 6, 11]  # the book's global_step % eval_freq == 0
     assert all(math.isfinite(e.val_loss) and e.val_ppl == pytest.approx(math.exp(e.val_loss)) for e in evals)
     assert evals[-1].train_loss < evals[0].train_loss
     assert any(isinstance(e, SampleEvent) and e.text.startswith("def ") for e in events)
@@ -101,7 +101,7 @@ def test_resume_is_exact_across_processes(corpus):
     assert isinstance(final, FinishedEvent)
 
     def stop_after_six(event, control):
-        if isinstance(event, StepEvent) and event.step == 5:
+        if isinstance(event, StepEvent) and event.step == 6:
             control.stop(save=True)
 
     _, half_events, half_final = _run(data, _config(save_name="half"), on_event=stop_after_six)
@@ -115,9 +115,9 @@ def test_resume_is_exact_across_processes(corpus):
     assert resumed[0]["event"] == "started" and resumed[0]["start_step"] == 6
     resumed_losses = {e["step"]: e["loss"] for e in resumed if e["event"] == "step"}
     full_losses = _losses(full_events)
-    assert sorted(resumed_losses) == list(range(6, 12))
-    assert {s: full_losses[s] for s in range(6)} == _losses(half_events)
-    assert resumed_losses == {s: full_losses[s] for s in range(6, 12)}
+    assert sorted(resumed_losses) == list(range(7, 13))
+    assert {s: full_losses[s] for s in range(1, 7)} == _losses(half_events)
+    assert resumed_losses == {s: full_losses[s] for s in range(7, 13)}
 
     a = checkpoints.load_checkpoint("full").model.state_dict()
     b = checkpoints.load_checkpoint("half").model.state_dict()
@@ -171,7 +171,7 @@ def test_pause_resume_stop_from_another_thread(corpus):
     i_pause = next(i for i, e in enumerate(events) if isinstance(e, StateEvent) and e.paused)
     assert [e.step for e in events[:i_pause] if isinstance(e, StepEvent)][-1] == 2
     assert final.step < 999
-    assert checkpoints.show(final.checkpoint)["step"] == final.step + 1
+    assert checkpoints.show(final.checkpoint)["step"] == final.step
 
 
 def test_stop_while_paused_does_not_hang(corpus):
@@ -179,7 +179,7 @@ def test_stop_while_paused_does_not_hang(corpus):
     paused = threading.Event()
 
     def on_event(event, control):
-        if isinstance(event, StepEvent) and event.step == 0:
+        if isinstance(event, StepEvent) and event.step == 1:
             control.pause()
         if isinstance(event, StateEvent) and event.paused:
             paused.set()
@@ -197,8 +197,8 @@ def test_stop_while_paused_does_not_hang(corpus):
 
 
 @pytest.mark.parametrize("poison_at, message", [
-    (4, "loss became nan at step 5"),  # caught at the next forward pass
-    (3, "weights became non-finite by step 4"),  # caught before the step-4 checkpoint is written
+    (5, "loss became nan at step 6"),  # caught at the next forward pass
+    (4, "weights became non-finite by step 4"),  # caught before the step-4 checkpoint is written
 ])
 def test_non_finite_values_fail_with_a_clear_event(corpus, poison_at, message):
     data = _data(corpus)
@@ -218,7 +218,7 @@ def test_non_finite_values_fail_with_a_clear_event(corpus, poison_at, message):
     assert not any(isinstance(e, StepEvent) and e.step > poison_at for e in events)
     # the last good checkpoint (step 2 or 4) is intact
     loaded = checkpoints.load_checkpoint(final.last_checkpoint)
-    assert loaded.meta["step"] == (4 if poison_at == 4 else 2)
+    assert loaded.meta["step"] == (4 if poison_at == 5 else 2)
     assert all(torch.isfinite(p).all() for p in loaded.model.parameters())
     assert read_run_events(trainer._log.dir)[-1]["event"] == "failed"
 
@@ -250,8 +250,8 @@ def test_cli_train_prints_the_books_lines(corpus):
     proc = _cli("train", "--data", str(corpus), *TINY_FLAGS, "--max-steps", "6", "--save", "cli",
                 "--start-context", "The ")
     assert proc.returncode == 0, proc.stderr
-    assert re.search(r"^Ep 1 \(Step 000000\): Train loss \d+\.\d{3}, Val loss \d+\.\d{3}, .* tok/s, ETA ", proc.stdout, re.M)
-    assert re.search(r"^Ep 1 \(Step 000005\)", proc.stdout, re.M)
+    assert re.search(r"^Ep 1 \(Step 000001\): Train loss \d+\.\d{3}, Val loss \d+\.\d{3}, .* tok/s, ETA ", proc.stdout, re.M)
+    assert re.search(r"^Ep 1 \(Step 000006\)", proc.stdout, re.M)
     assert "Saved checkpoint 'cli'" in proc.stdout
     listing = _cli("checkpoints", "list")
     assert "cli" in listing.stdout and "trained" in listing.stdout

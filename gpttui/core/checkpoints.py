@@ -1,6 +1,6 @@
-"""Named checkpoints: save, load, list, rename, delete; export to and import from the book's files.
+"""Checkpoint files: what a checkpoint folder holds, safe loading, weights to and from disk.
 
-A checkpoint is a folder ``paths.checkpoints_dir() / <name>/`` holding
+A checkpoint is a folder ``<checkpoints dir>/<name>/`` holding
 
 - ``model.safetensors``: the weights under the book's parameter names (no ``att.mask`` buffers), as
   contiguous CPU tensors. A tied ``out_head.weight`` (``GPTConfig.tie_weights``) is stored once and
@@ -12,12 +12,10 @@ A checkpoint is a folder ``paths.checkpoints_dir() / <name>/`` holding
 Every ``.pt`` file is read with ``torch.load(weights_only=True)`` (:func:`safe_torch_load`): a file
 that needs arbitrary unpickling is refused, never executed.
 
-Saving is atomic: files go to a hidden temporary folder beside the target, are fsynced, and the folder
-is renamed into place. Replacing a checkpoint moves the old folder aside, renames the new one in, then
-deletes the old one. A crash at any point leaves the old or the new checkpoint complete under its
-name: leftovers of a crashed save are hidden folders (``.tmp-*``, ``.old-*``, ``.del-*`` tagged with
-the writer's process id) that the next operation cleans up, or restores (an ``.old-*`` whose
-checkpoint never got its replacement), once that process is gone.
+The folder itself (names, atomic saves, crash recovery, locks, the meta.json schema) belongs to
+:class:`gpttui.core.store.CheckpointStore`; the functions ``save_checkpoint``, ``load_checkpoint``,
+``list_checkpoints``, ``show``, ``rename_checkpoint`` and ``delete_checkpoint`` here call it on the
+default store.
 """
 
 from __future__ import annotations
@@ -33,20 +31,17 @@ import pickle
 import random
 import re
 import secrets
-import shutil
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import torch
 from torch import nn
 
-import gpttui
 from gpttui.core import paths
 from gpttui.core.config import GPT2_SHAPES, GPTConfig
-from gpttui.core.errors import CheckpointError, ConfigError, GPTTUIError
-from gpttui.core.model import GPTModel, book_state_dict, count_parameters
+from gpttui.core.errors import CheckpointError, ConfigError
+from gpttui.core.model import GPTModel, book_state_dict
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.safetensors"
@@ -62,12 +57,7 @@ _NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+-]*")
 _WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)),
                      *(f"LPT{i}" for i in range(1, 10))}
 _PREFIXES = ("_orig_mod.", "module.")  # torch.compile, DataParallel / DistributedDataParallel
-_TEMP_KINDS = (".tmp-", ".old-", ".del-")
-_STALE_SECONDS_WITHOUT_PID_CHECK = 24 * 3600  # Windows: no safe liveness probe
 
-# Filled in by save_checkpoint whatever the caller passes.
-_RESERVED_META = ("format_version", "gpttui_version", "created", "model_config", "parameter_count",
-                  "dtype", "has_optimizer", "has_trainer_state")
 # Defaults for what the caller describes (any other keys the caller passes are kept as well).
 DEFAULT_META: dict[str, Any] = {
     "source": "trained",
@@ -119,19 +109,15 @@ def checkpoint_path(name: str) -> Path:
     return paths.checkpoints_dir() / validate_name(name)
 
 
+def _store():
+    from gpttui.core.store import default_store
+
+    return default_store()
+
+
 def checkpoint_exists(name: str) -> bool:
-    """Whether a folder named ``name`` exists in the checkpoints folder (complete or not)."""
-    path = checkpoint_path(name)
-    _recover(path.parent)
-    return path.is_dir()
-
-
-def _existing(name: str) -> Path:
-    path = checkpoint_path(name)
-    _recover(path.parent)
-    if not path.is_dir():
-        raise CheckpointError(f"No checkpoint named {name!r} (looked in {path.parent}).")
-    return path
+    """Whether a checkpoint folder named ``name`` exists (complete or not)."""
+    return _store().exists(name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -303,7 +289,7 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Atomic file-system helpers and crash recovery
+# Durable writes
 # ---------------------------------------------------------------------------------------------
 
 
@@ -322,64 +308,6 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _hidden_dir(kind: str, name: str, parent: Path) -> Path:
-    return parent / f"{kind}{name}-{os.getpid()}-{secrets.token_hex(4)}"
-
-
-def _parse_hidden(entry: str) -> tuple[str, str, int] | None:
-    """``(kind, name, pid)`` of a ``.tmp-``/``.old-``/``.del-`` folder name, else ``None``."""
-    for kind in _TEMP_KINDS:
-        if entry.startswith(kind):
-            parts = entry[len(kind):].rsplit("-", 2)
-            if len(parts) == 3 and parts[1].isdigit():
-                return kind, parts[0], int(parts[1])
-    return None
-
-
-def _process_gone(pid: int, path: Path) -> bool:
-    if pid == os.getpid():
-        return False
-    if os.name == "nt":  # os.kill(pid, 0) would terminate the process on Windows: go by age instead
-        with contextlib.suppress(OSError):
-            return _dt.datetime.now().timestamp() - path.stat().st_mtime > _STALE_SECONDS_WITHOUT_PID_CHECK
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except OSError:  # PermissionError: it exists, owned by someone else
-        return False
-    return False
-
-
-def _recover(ckdir: Path) -> None:
-    """Tidy up after crashed saves/deletes whose process is gone (best effort, never raises).
-
-    ``.old-<name>-*``: the previous version of a checkpoint moved aside by a save. If ``<name>`` is
-    missing the save died before renaming the new version in: the old one goes back. Otherwise it is
-    stale and deleted. ``.tmp-*`` (an unfinished save) and ``.del-*`` (an unfinished delete) are deleted.
-    """
-    try:
-        entries = sorted(os.listdir(ckdir))
-    except OSError:
-        return
-    for entry in entries:
-        parsed = _parse_hidden(entry)
-        if parsed is None:
-            continue
-        kind, name, pid = parsed
-        path = ckdir / entry
-        if not path.is_dir() or not _process_gone(pid, path):
-            continue
-        with contextlib.suppress(OSError):
-            target = ckdir / name
-            if kind == ".old-" and not target.exists() and (path / META_FILE).is_file():
-                os.rename(path, target)
-                _fsync_dir(ckdir)
-            else:
-                shutil.rmtree(path)
-
-
 def _write_json(path: Path, data: Any) -> None:
     with open(path, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=2, allow_nan=False)
@@ -396,7 +324,7 @@ def _torch_save(obj: Any, path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Saving
+# Weights to and from disk (the store in gpttui.core.store does the files, names and locks)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -430,155 +358,6 @@ def _optimizer_state(optimizer: Any) -> dict[str, Any]:
         raise CheckpointError("The optimizer state must be an optimizer or its state_dict() "
                               "(a dict with 'state' and 'param_groups').")
     return _weights_only_safe(_to_cpu(dict(state)), "optimizer state")
-
-
-def _now_iso() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat()
-
-
-def _build_meta(model: GPTModel, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any] | None,
-                has_optimizer: bool, has_trainer_state: bool) -> dict[str, Any]:
-    out: dict[str, Any] = {"format_version": FORMAT_VERSION}
-    out.update(copy.deepcopy(DEFAULT_META))
-    for key, value in (meta or {}).items():
-        if key not in _RESERVED_META:
-            out[str(key)] = value
-    if out["source"] not in SOURCES:
-        raise CheckpointError(f"Unknown checkpoint source {out['source']!r}; expected one of "
-                              f"{', '.join(SOURCES)}.")
-    dtypes = sorted({str(t.dtype).removeprefix("torch.") for t in tensors.values()})
-    out.update({
-        "created": _now_iso(),
-        "gpttui_version": gpttui.__version__,
-        "model_config": model.cfg.to_dict(),
-        "parameter_count": count_parameters(model),
-        "dtype": dtypes[0] if len(dtypes) == 1 else dtypes,
-        "has_optimizer": has_optimizer,
-        "has_trainer_state": has_trainer_state,
-    })
-    return _jsonable(out, "meta")
-
-
-def save_checkpoint(
-    name: str,
-    model: nn.Module,
-    *,
-    optimizer: torch.optim.Optimizer | Mapping[str, Any] | None = None,
-    meta: Mapping[str, Any] | None = None,
-    trainer_state: Mapping[str, Any] | None = None,
-    overwrite: bool = True,
-) -> Path:
-    """Save ``model`` (a GPTModel, possibly compiled or DataParallel-wrapped) as checkpoint ``name``.
-
-    ``optimizer`` is an optimizer or its ``state_dict()``. ``meta`` describes the run (keys of
-    :data:`DEFAULT_META` and any others); config, parameter count, version and time are filled in.
-    ``trainer_state`` is stored in ``trainer_state.pt`` with the current RNG states added under
-    ``"rng"`` unless it has that key. Atomic; returns the checkpoint folder.
-    """
-    target = checkpoint_path(name)
-    ckdir = target.parent
-    _recover(ckdir)
-    if not overwrite and target.exists():
-        raise CheckpointError(f"Checkpoint {name!r} already exists; choose another name or allow "
-                              "overwriting.")
-    core = unwrap_model(model)
-    if not isinstance(getattr(core, "cfg", None), GPTConfig):
-        raise CheckpointError(f"Cannot save a {type(core).__name__}: expected a gpttui GPTModel.")
-
-    # Everything that can fail on bad input is prepared before anything touches the disk.
-    tensors, aliases = _weights_for_disk(core)
-    opt_state = _optimizer_state(optimizer) if optimizer is not None else None
-    tstate = None
-    if trainer_state is not None:
-        tstate = dict(trainer_state)
-        tstate.setdefault("rng", capture_rng_state())
-        tstate = _weights_only_safe(tstate, "trainer_state")
-    full_meta = _build_meta(core, tensors, meta, opt_state is not None, tstate is not None)
-    st_meta = {"format": "pt", "gpttui_format_version": str(FORMAT_VERSION),
-               "aliases": json.dumps(aliases, sort_keys=True)}
-
-    from safetensors.torch import save_file
-
-    tmp = _hidden_dir(".tmp-", name, ckdir)
-    old: Path | None = None
-    try:
-        tmp.mkdir()
-        save_file(tensors, str(tmp / MODEL_FILE), metadata=st_meta)
-        _fsync_file(tmp / MODEL_FILE)
-        if opt_state is not None:
-            _torch_save(opt_state, tmp / OPTIMIZER_FILE)
-        if tstate is not None:
-            _torch_save(tstate, tmp / TRAINER_STATE_FILE)
-        _write_json(tmp / META_FILE, full_meta)  # last: a folder with meta.json is complete
-        _fsync_dir(tmp)
-        if target.exists():
-            if not overwrite:
-                raise CheckpointError(f"Checkpoint {name!r} already exists; choose another name or "
-                                      "allow overwriting.")
-            old = _hidden_dir(".old-", name, ckdir)
-            os.rename(target, old)
-        os.rename(tmp, target)
-        _fsync_dir(ckdir)
-    except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and old.exists() and not target.exists():
-            with contextlib.suppress(OSError):
-                os.rename(old, target)
-        if isinstance(e, Exception) and not isinstance(e, GPTTUIError):  # disk full, permissions...
-            raise CheckpointError(f"Could not save checkpoint {name!r} in {ckdir}: {e}") from e
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    return target
-
-
-# ---------------------------------------------------------------------------------------------
-# Loading
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class LoadedCheckpoint:
-    model: GPTModel
-    config: GPTConfig
-    meta: dict[str, Any]
-    optimizer_state: dict[str, Any] | None
-    trainer_state: dict[str, Any] | None
-    path: Path
-    name: str = ""
-
-
-def read_meta(path: Path) -> dict[str, Any]:
-    """The checked ``meta.json`` of the checkpoint folder ``path``."""
-    file = path / META_FILE
-    if not file.is_file():
-        raise CheckpointError(f"{file} is missing: {path.name!r} is not a complete gpttui checkpoint.")
-    try:
-        meta = json.loads(file.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as e:
-        raise CheckpointError(f"{file} is not valid JSON (not UTF-8 text: {e}).") from e
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{file} is not valid JSON ({e}).") from e
-    except OSError as e:
-        raise CheckpointError(f"{file} cannot be read ({e}).") from e
-    if not isinstance(meta, dict):
-        raise CheckpointError(f"{file} should hold a JSON object, not {type(meta).__name__}.")
-    version = meta.get("format_version")
-    if not isinstance(version, int) or isinstance(version, bool):
-        raise CheckpointError(f"{file} has no format_version: not a gpttui checkpoint.")
-    if version > FORMAT_VERSION:
-        raise CheckpointError(f"{file} has format version {version}, newer than this gpttui "
-                              f"({gpttui.__version__}) reads ({FORMAT_VERSION}); upgrade gpttui.")
-    if not isinstance(meta.get("model_config"), dict):
-        raise CheckpointError(f"{file} has no model_config.")
-    return meta
-
-
-def _config_from_meta(meta: Mapping[str, Any], file: Path) -> GPTConfig:
-    try:
-        return GPTConfig.from_dict(meta["model_config"])
-    except (ConfigError, TypeError) as e:
-        raise CheckpointError(f"{file} has an unusable model_config: {e}") from e
 
 
 def _read_safetensors(file: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -638,190 +417,67 @@ def _model_from_tensors(cfg: GPTConfig, tensors: dict[str, torch.Tensor], where:
     return model
 
 
-def load_checkpoint(name: str, *, device: str | torch.device = "cpu",
-                    load_optimizer: bool = False) -> LoadedCheckpoint:
-    """Load checkpoint ``name``: the model (on ``device``, in eval mode) and its meta.
-
-    ``optimizer_state`` is read only with ``load_optimizer=True`` (``None`` when the checkpoint has
-    none); ``trainer_state`` whenever the file exists. Problems raise :class:`CheckpointError`.
-    """
-    path = _existing(name)
-    meta = read_meta(path)
-    cfg = _config_from_meta(meta, path / META_FILE)
-    tensors, aliases = _read_safetensors(path / MODEL_FILE)
+def read_weights(file: Path, cfg: GPTConfig) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint's ``model.safetensors``, aliases (tied weights) restored."""
+    tensors, aliases = _read_safetensors(file)
     for alias, target in aliases.items():
         if target not in tensors:
-            raise CheckpointError(f"{path / MODEL_FILE}: {alias} refers to {target}, which is missing.")
+            raise CheckpointError(f"{file}: {alias} refers to {target}, which is missing.")
         tensors[alias] = tensors[target]
     if cfg.tie_weights and "out_head.weight" not in tensors and "tok_emb.weight" in tensors:
         tensors["out_head.weight"] = tensors["tok_emb.weight"]
-    model = _model_from_tensors(cfg, tensors, str(path / MODEL_FILE))
-    model.to(device)
-    model.eval()
-
-    optimizer_state = None
-    if load_optimizer and (path / OPTIMIZER_FILE).exists():
-        optimizer_state = safe_torch_load(path / OPTIMIZER_FILE)
-        if not isinstance(optimizer_state, dict) or "state" not in optimizer_state:
-            raise CheckpointError(f"{path / OPTIMIZER_FILE} does not hold an optimizer state_dict.")
-    trainer_state = None
-    if (path / TRAINER_STATE_FILE).exists():
-        trainer_state = safe_torch_load(path / TRAINER_STATE_FILE)
-        if not isinstance(trainer_state, dict):
-            raise CheckpointError(f"{path / TRAINER_STATE_FILE} does not hold a dict.")
-    return LoadedCheckpoint(model=model, config=cfg, meta=meta, optimizer_state=optimizer_state,
-                            trainer_state=trainer_state, path=path, name=name)
+    return tensors
 
 
 # ---------------------------------------------------------------------------------------------
-# Listing, showing, renaming, deleting
+# The store's operations on the default store (``$GPTTUI_HOME``), for callers that need one call
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass
-class CheckpointInfo:
-    name: str
-    path: Path
-    meta: dict[str, Any] | None
-    size_bytes: int
-    created: str
-    error: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-    @property
-    def source(self) -> str | None:
-        return (self.meta or {}).get("source")
-
-    @property
-    def step(self) -> int | None:
-        return (self.meta or {}).get("step")
-
-    @property
-    def parameter_count(self) -> int | None:
-        return (self.meta or {}).get("parameter_count")
+def save_checkpoint(name: str, model: nn.Module, *, optimizer: Any = None, meta: Mapping[str, Any] | None = None,
+                    trainer_state: Mapping[str, Any] | None = None, overwrite: bool = False,
+                    lease: Any = None) -> Path:
+    """:meth:`CheckpointStore.save` on the default store. An existing ``name`` is kept unless
+    ``overwrite`` (or a lease that may replace it) is given."""
+    return _store().save(name, model, optimizer=optimizer, meta=meta, trainer_state=trainer_state,
+                         overwrite=overwrite, lease=lease)
 
 
-def _files(path: Path) -> Iterator[Path]:
-    for root, _dirs, files in os.walk(path):
-        for f in files:
-            yield Path(root) / f
+def load_checkpoint(name: str, *, device: str | torch.device = "cpu", load_optimizer: bool = False):
+    """:meth:`CheckpointStore.load` on the default store."""
+    return _store().load(name, device=device, load_optimizer=load_optimizer)
 
 
-def _size(path: Path) -> int:
-    total = 0
-    for f in _files(path):
-        with contextlib.suppress(OSError):
-            total += f.stat().st_size
-    return total
+def read_meta(path: Path) -> dict[str, Any]:
+    """The checked ``meta.json`` (raw dict) of the checkpoint folder ``path``."""
+    from gpttui.core.store import read_meta_file
+
+    return read_meta_file(path).raw
 
 
-def _mtime_iso(path: Path) -> str:
-    try:
-        ts = path.stat().st_mtime
-    except OSError:
-        ts = 0.0
-    return _dt.datetime.fromtimestamp(ts, _dt.timezone.utc).isoformat()
-
-
-def _sort_key(created: str) -> float:
-    try:
-        when = _dt.datetime.fromisoformat(created)
-    except (TypeError, ValueError):
-        return float("-inf")
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=_dt.timezone.utc)
-    return when.timestamp()
-
-
-def _info(path: Path) -> CheckpointInfo:
-    meta: dict[str, Any] | None = None
-    error: str | None = None
-    try:
-        meta = read_meta(path)
-        _config_from_meta(meta, path / META_FILE)
-        if not (path / MODEL_FILE).is_file():
-            error = f"{path / MODEL_FILE} is missing."
-    except CheckpointError as e:
-        error = str(e)
-    created = meta.get("created") if meta else None
-    if not isinstance(created, str) or _sort_key(created) == float("-inf"):
-        created = _mtime_iso(path)
-    return CheckpointInfo(name=path.name, path=path, meta=meta, size_bytes=_size(path), created=created,
-                          error=error)
-
-
-def list_checkpoints() -> list[CheckpointInfo]:
-    """All checkpoints, newest first. Hidden (temporary) folders are skipped; a folder whose meta is
-    missing or broken is listed with ``error`` set."""
-    ckdir = paths.checkpoints_dir()
-    _recover(ckdir)
-    infos = []
-    for entry in sorted(os.listdir(ckdir)):
-        path = ckdir / entry
-        if entry.startswith(".") or not path.is_dir():
-            continue
-        infos.append(_info(path))
-    infos.sort(key=lambda i: (_sort_key(i.created), i.name), reverse=True)
-    return infos
+def list_checkpoints():
+    """All checkpoints of the default store, newest first (broken ones with ``error`` set)."""
+    return _store().list()
 
 
 def show(name: str) -> dict[str, Any]:
-    """Everything about checkpoint ``name``, without building the model: the keys of ``meta.json``
-    (absent when it is broken, with ``error`` set) plus ``name``, ``path``, ``size_bytes``, ``files``
-    (name -> bytes), ``error`` (``None`` when fine), ``tensors`` (how many are stored) and ``tied``
-    (dropped key -> stored key)."""
-    path = _existing(name)
-    info = _info(path)
-    result: dict[str, Any] = dict(info.meta or {})
-    result.update({
-        "name": info.name,
-        "path": str(path),
-        "size_bytes": info.size_bytes,
-        "created": info.created,
-        "files": {str(f.relative_to(path)): f.stat().st_size for f in sorted(_files(path))},
-        "error": info.error,
-    })
-    if info.error is None:
-        from safetensors import SafetensorError, safe_open
-
-        try:
-            with safe_open(str(path / MODEL_FILE), framework="pt", device="cpu") as f:
-                keys = list(f.keys())
-                metadata = f.metadata() or {}
-            result["tensors"] = len(keys)
-            result["tied"] = json.loads(metadata.get("aliases", "{}"))
-        except (SafetensorError, OSError, ValueError) as e:
-            result["error"] = f"{path / MODEL_FILE} is corrupt or truncated ({e})."
-    return result
+    return _store().show(name)
 
 
 def rename_checkpoint(old: str, new: str) -> Path:
-    """Rename checkpoint ``old`` to ``new`` (which must not exist). Returns the new folder."""
-    src = _existing(old)
-    dst = checkpoint_path(new)
-    if dst.exists():
-        raise CheckpointError(f"Cannot rename {old!r} to {new!r}: checkpoint {new!r} already exists.")
-    try:
-        os.rename(src, dst)
-        _fsync_dir(dst.parent)
-    except OSError as e:
-        raise CheckpointError(f"Could not rename checkpoint {old!r} to {new!r}: {e}") from e
-    return dst
+    return _store().rename(old, new)
 
 
 def delete_checkpoint(name: str) -> None:
-    """Delete checkpoint ``name`` (moved out of sight first, so no half-deleted one is ever listed)."""
-    path = _existing(name)
-    doomed = _hidden_dir(".del-", name, path.parent)
-    try:
-        os.rename(path, doomed)
-        _fsync_dir(path.parent)
-    except OSError as e:
-        raise CheckpointError(f"Could not delete checkpoint {name!r}: {e}") from e
-    shutil.rmtree(doomed, ignore_errors=True)
+    _store().delete(name)
+
+
+def __getattr__(attr: str) -> Any:  # types that live in the store module
+    if attr in ("CheckpointInfo", "LoadedCheckpoint", "CheckpointStore", "CheckpointMeta"):
+        from gpttui.core import store
+
+        return getattr(store, attr)
+    raise AttributeError(attr)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1001,7 +657,7 @@ def import_book(path: str | os.PathLike[str], name: str, config: GPTConfig | Non
 
 __all__ = [
     "FORMAT_VERSION", "MODEL_FILE", "OPTIMIZER_FILE", "TRAINER_STATE_FILE", "META_FILE", "SOURCES",
-    "DEFAULT_META", "CheckpointInfo", "LoadedCheckpoint", "validate_name", "checkpoint_path",
+    "DEFAULT_META", "validate_name", "checkpoint_path",
     "checkpoint_exists", "safe_torch_load", "unwrap_model", "clean_state_dict", "capture_rng_state",
     "restore_rng_state", "save_checkpoint", "load_checkpoint", "read_meta", "list_checkpoints", "show",
     "rename_checkpoint", "delete_checkpoint", "export_book", "import_book", "infer_book_config",

@@ -7,6 +7,7 @@ a run directory's ``events.jsonl`` (:meth:`RunHistory.from_run_dir`).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 from dataclasses import dataclass, field
@@ -58,7 +59,7 @@ class Snapshot:
     def progress(self) -> float:
         if self.last_step is None or not self.last_step.total_steps:
             return 0.0
-        return (self.last_step.step + 1) / self.last_step.total_steps
+        return min(1.0, self.last_step.step / self.last_step.total_steps)
 
 
 class RunHistory:
@@ -131,14 +132,35 @@ class RunHistory:
                 elif v in ("inf", "-inf"):
                     fields[k] = float(v)
             try:
-                history.feed(kind(**fields))
+                event = kind(**fields)
             except TypeError:
                 continue  # an event from another version
+            if not _well_typed(event):
+                continue  # a damaged or crafted line: skipped, never drawn
+            history.feed(event)
         return history
 
     @classmethod
     def from_run_dir(cls, run_dir: str | Path) -> "RunHistory":
         return cls.from_events(read_run_events(run_dir))
+
+
+def _well_typed(event: Event) -> bool:
+    """Whether every field of an event read from a file has its declared type (``"step": "x"`` has not)."""
+    for f in dataclasses.fields(event):
+        value = getattr(event, f.name)
+        kinds = [k.strip() for k in str(f.type).split("|")]
+        if value is None and "None" in kinds:
+            continue
+        if isinstance(value, bool) and "bool" not in kinds:
+            return False
+        ok = any((k == "int" and isinstance(value, int)) or (k == "float" and isinstance(value, (int, float)))
+                 or (k == "str" and isinstance(value, str)) or (k == "bool" and isinstance(value, bool))
+                 or (k == "dict" and isinstance(value, dict)) or (k == "list" and isinstance(value, list))
+                 for k in kinds)
+        if not ok:
+            return False
+    return True
 
 
 def downsample(xs: Sequence[float], ys: Sequence[float], max_points: int) -> tuple[list[float], list[float]]:

@@ -96,7 +96,29 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        values = {k: v for k, v in d.items() if k in names}
+        _check_field_types(cls, values, "training config")
+        return cls(**values)
+
+
+_FIELD_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "dict": (dict,),
+                "list": (list,)}
+
+
+def _check_field_types(cls: type, values: dict[str, Any], what: str) -> None:
+    """Values read from a file must have their field's type (``int | None`` and the like), or a
+    :class:`ConfigError` names the field."""
+    for f in dataclasses.fields(cls):
+        if f.name not in values:
+            continue
+        value = values[f.name]
+        parts = [p.strip() for p in str(f.type).split("|")]
+        if value is None and "None" in parts:
+            continue
+        allowed = tuple(t for p in parts for t in _FIELD_TYPES.get(p, (object,)))
+        if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+            raise ConfigError(f"The {what} has {f.name} = {json.dumps(value, default=str)[:40]}, which should "
+                              f"be {f.type}.")
 
 
 def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
@@ -156,12 +178,14 @@ class Started(Event):
     start_step: int = 0
     resumed_from: str | None = None
     dataset: dict = field(default_factory=dict)
+    save_name: str | None = None  # where this run saves (held for the whole run)
+    notes: list = field(default_factory=list)  # decisions the user should know about
 
 
 @dataclass
 class StepEvent(Event):
     event: ClassVar[str] = "step"
-    step: int  # the book's global_step: 0 for the first optimizer step
+    step: int  # optimizer steps done, this one included: 1 after the first step (the book's global_step + 1)
     epoch: int  # 1-based, as the book prints it
     tokens_seen: int
     loss: float
@@ -320,7 +344,10 @@ class RunLog:
         self._events.flush()
 
     def close(self) -> None:
-        self._events.close()
+        try:
+            self._events.close()
+        except OSError:
+            pass  # a full disk: the events written so far were flushed one by one
 
 
 def _jsonable(d: dict) -> dict:
@@ -392,7 +419,7 @@ class Trainer:
     def __init__(self, data: PreparedData, tokenizer: Tokenizer, config: TrainConfig,
                  model_config: GPTConfig | None = None, callback: Callback | None = None,
                  control: TrainControl | None = None, resume: str | None = None,
-                 run_id: str | None = None) -> None:
+                 run_id: str | None = None, overwrite: bool = False, fresh_optimizer: bool = False) -> None:
         config.validate()
         if model_config is None and resume is None:
             raise ConfigError("Give a model config for a new model, or a checkpoint to resume.")
@@ -403,8 +430,14 @@ class Trainer:
         self.callback = callback or (lambda e: None)
         self.control = control or TrainControl()
         self.resume = resume
+        self.overwrite = overwrite
+        self.fresh_optimizer = fresh_optimizer
         self.run_id = run_id or new_run_id()
-        self.save_name = config.save_name or f"run-{self.run_id}"
+        self.save_name = config.save_name or (None if resume else f"run-{self.run_id}")  # resume: decided in _build
+        self.lease = None  # the store's NameLease on save_name, held while the run lives
+        self.notes: list[str] = []
+        self._step_offset = 0  # steps done before this data's epoch 0 (resumed on other data)
+        self.same_data = False  # resumed on the checkpoint's own text
         self.model: GPTModel | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.pos = _Position()
@@ -430,32 +463,7 @@ class Trainer:
             torch.backends.cudnn.allow_tf32 = True
         vocab = self.tokenizer.vocab_size
         if self.resume:
-            from gpttui.core import checkpoints
-
-            loaded = checkpoints.load_checkpoint(self.resume, device="cpu", load_optimizer=True)
-            meta = loaded.meta
-            if loaded.config.vocab_size < vocab:
-                raise ConfigError(
-                    f"Checkpoint {self.resume!r} has a vocabulary of {loaded.config.vocab_size}, "
-                    f"smaller than the {self.tokenizer.name} tokenizer's {vocab}.")
-            if meta.get("tokenizer") and meta["tokenizer"] != self.tokenizer.name:
-                raise ConfigError(f"Checkpoint {self.resume!r} was trained with the {meta['tokenizer']} "
-                                  f"tokenizer, not {self.tokenizer.name}.")
-            self.model = loaded.model
-            self.model_config = loaded.config
-            same_data = (meta.get("dataset") or {}).get("sha256") == self.data.corpus.sha256
-            state = loaded.trainer_state or {}
-            if loaded.optimizer_state is not None and state:
-                pos = state.get("position", {})
-                self.pos = _Position(int(pos.get("step", 0)), int(pos.get("epoch", 0)), int(pos.get("batch", 0)),
-                                     int(pos.get("tokens_seen", 0)), float(pos.get("best_val_loss", float("inf"))))
-                if not same_data:  # new text: keep the counters, start its data from the top
-                    self.pos.epoch, self.pos.batch = 0, 0
-                self.history = state.get("history", self.history)
-                self._resume_opt = loaded.optimizer_state
-                self._resume_rng = state.get("rng")
-            else:
-                self._resume_opt, self._resume_rng = None, None
+            self._load_resume(vocab)
         else:
             assert self.model_config is not None
             if self.model_config.vocab_size != vocab:
@@ -463,6 +471,7 @@ class Trainer:
             torch.manual_seed(cfg.seed)
             self.model = GPTModel(self.model_config)
             self._resume_opt, self._resume_rng = None, None
+        self._reserve_save_name()
         if self.model_config.context_length < self.data.settings.context_length:
             raise ConfigError(
                 f"The data's context length ({self.data.settings.context_length}) exceeds the model's "
@@ -473,12 +482,104 @@ class Trainer:
             self.optimizer.load_state_dict(self._resume_opt)
         return device, count_parameters(self.model)
 
+    def _load_resume(self, vocab: int) -> None:
+        """Model, optimizer, RNG, data position and history from the checkpoint being continued.
+
+        A trained checkpoint must bring its AdamW state and trainer state (position, RNG): a missing one
+        is an error unless ``fresh_optimizer`` says to continue knowingly (fresh AdamW, counters from
+        meta.json, the data from the top). Imported weights never had them: they start a fresh AdamW.
+        """
+        from gpttui.core.store import default_store
+
+        store = default_store()
+        loaded = store.load(self.resume, device="cpu", load_optimizer=True)
+        typed = loaded.typed
+        if loaded.config.vocab_size < vocab:
+            raise ConfigError(f"Checkpoint {self.resume!r} has a vocabulary of {loaded.config.vocab_size}, "
+                              f"smaller than the {self.tokenizer.name} tokenizer's {vocab}.")
+        if typed.tokenizer and typed.tokenizer != self.tokenizer.name:
+            raise ConfigError(f"Checkpoint {self.resume!r} was trained with the {typed.tokenizer} tokenizer, "
+                              f"not {self.tokenizer.name}.")
+        self.model = loaded.model
+        self.model_config = loaded.config
+        self.same_data = self.data_matches(typed.dataset)
+        state = loaded.trainer_state
+        opt = loaded.optimizer_state
+        missing = []
+        if typed.source == "trained" or typed.has_trainer_state:
+            if opt is None:
+                missing.append(f"{loaded.path / 'optimizer.pt'} (AdamW's moments)")
+            if state is None:
+                missing.append(f"{loaded.path / 'trainer_state.pt'} (data position, RNG and loss curve)")
+        if missing and not self.fresh_optimizer:
+            raise ConfigError(f"Cannot resume {self.resume!r} exactly: {' and '.join(missing)} "
+                              f"{'is' if len(missing) == 1 else 'are'} missing. Continue knowingly with a fresh "
+                              "optimizer (--fresh-optimizer), or restore the file.")
+        self._resume_opt, self._resume_rng = None, None
+        if state is not None and not self.fresh_optimizer:
+            pos = state.get("position", {})
+            try:
+                self.pos = _Position(int(pos.get("step", 0)), int(pos.get("epoch", 0)), int(pos.get("batch", 0)),
+                                     int(pos.get("tokens_seen", 0)), float(pos.get("best_val_loss", float("inf"))))
+            except (TypeError, ValueError, AttributeError) as e:
+                raise ConfigError(f"{loaded.path / 'trainer_state.pt'} has an unreadable position ({e}).") from e
+            self._resume_rng = state.get("rng")
+        else:  # counters from meta.json; the data from the top
+            self.pos = _Position(typed.step, 0, 0, typed.tokens_seen,
+                                 typed.best_val_loss if typed.best_val_loss is not None else float("inf"))
+        if state is not None and isinstance(state.get("history"), dict):
+            self.history = state["history"]
+        if opt is not None and not self.fresh_optimizer:
+            self._resume_opt = opt
+        elif self.fresh_optimizer:
+            self.notes.append("AdamW starts fresh (--fresh-optimizer): its moments are rebuilt over the first "
+                              "steps.")
+        elif typed.source != "trained":
+            self.notes.append(f"{self.resume!r} holds imported weights without optimizer state: AdamW starts fresh.")
+        if not self.same_data:  # other text: keep the counters, start its data from the top
+            self.pos.epoch, self.pos.batch = 0, 0
+            self._step_offset = self.pos.step
+            self._resume_rng = None
+
+    def data_matches(self, dataset: dict | None) -> bool:
+        """Whether ``dataset`` (a checkpoint's record) is the text this run trains on."""
+        if not dataset:
+            return False
+        return (dataset.get("sha256") == self.data.corpus.sha256
+                and dataset.get("tokenizer", self.tokenizer.name) == self.tokenizer.name)
+
+    def _reserve_save_name(self) -> None:
+        """Decide where this run saves, and hold that name for the whole run (see the store)."""
+        from gpttui.core.store import default_store, unique_name
+
+        store = default_store()
+        name = self.save_name
+        continuing = False
+        if self.resume:
+            if name is None or name == self.resume:
+                if self.same_data or (name == self.resume and self.overwrite):
+                    name, continuing = self.resume, True
+                else:
+                    if name == self.resume:
+                        raise ConfigError(
+                            f"{self.resume!r} was trained on other data; continuing it on this text saves under a "
+                            "new name unless you say to replace it (--overwrite).")
+                    name = unique_name(store, f"{self.resume}-on-{_slug(self.data.corpus.label)}")
+                    self.notes.append(f"{self.resume!r} was trained on other data, so this run saves as {name!r} "
+                                      f"and {self.resume!r} stays as it is.")
+        assert name is not None
+        self.lease = store.reserve(name, overwrite=self.overwrite, continuing=continuing)
+        self.save_name = name
+        if self.lease.took_over is not None:
+            self.notes.append(f"The name {name!r} was locked by {self.lease.took_over.describe()}, but "
+                              f"{self.lease.stale_reason}: the lock was taken over.")
+
     def _total_steps(self) -> tuple[int, float]:
         batches = len(self.data.train_loader)
         per_epoch = batches / self.config.grad_accum
-        total = (self.config.epochs * batches) // self.config.grad_accum
+        total = self._step_offset + (self.config.epochs * batches) // self.config.grad_accum
         if self.config.max_steps:
-            total = min(total, self.config.max_steps) if self.config.epochs else self.config.max_steps
+            total = min(total, self.config.max_steps)
         return max(total, 0), per_epoch
 
     def _batches(self) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor]]:
@@ -530,7 +631,7 @@ class Trainer:
         with self._autocast(device):
             text = sample_text(self.model, self.tokenizer, self.config.start_context, self.config.sample_tokens,
                                self.model_config.context_length, device)
-        self._emit(SampleEvent(self.pos.step - 1, epoch, self.config.start_context, text))
+        self._emit(SampleEvent(self.pos.step, epoch, self.config.start_context, text))
 
     # -- checkpoints
     def trainer_state(self, device: torch.device) -> dict[str, Any]:
@@ -549,6 +650,7 @@ class Trainer:
         from gpttui.core import checkpoints
 
         name = name or self.save_name
+        assert name is not None
         p = self.pos
         if not all(bool(torch.isfinite(t).all()) for t in self.model.parameters()):
             where = (f"the last good checkpoint is {self.last_checkpoint!r}" if self.last_checkpoint
@@ -560,7 +662,7 @@ class Trainer:
             "tokenizer": self.tokenizer.name,
             "train_config": self.config.to_dict(),
             "step": p.step,
-            "epoch": p.epoch + (1 if p.batch == 0 and p.step else 0),
+            "epoch": self.last_epoch(),
             "tokens_seen": p.tokens_seen,
             "best_val_loss": p.best_val_loss if math.isfinite(p.best_val_loss) else None,
             "last_train_loss": self.history["train_losses"][-1] if self.history["train_losses"] else None,
@@ -570,10 +672,17 @@ class Trainer:
             "run_dir": str(self._log.dir) if self._log else None,
         }
         path = checkpoints.save_checkpoint(name, self.model, optimizer=self.optimizer, meta=meta,
-                                           trainer_state=self.trainer_state(device))
+                                           trainer_state=self.trainer_state(device), lease=self.lease)
         self.last_checkpoint = name
-        self._emit(CheckpointEvent(p.step - 1, name, str(path)))
+        self._emit(CheckpointEvent(p.step, name, str(path)))
         return name
+
+    def last_epoch(self) -> int:
+        """The 1-based epoch of the last step done (0 before any step)."""
+        p = self.pos
+        if p.step == 0 and p.tokens_seen == 0:
+            return 0
+        return p.epoch if p.batch == 0 else p.epoch + 1
 
     def serve_snapshots(self) -> None:
         """Answer pending weight-snapshot requests (called between steps)."""
@@ -592,6 +701,8 @@ class Trainer:
             return self._run_logged()
         finally:
             self._cancel_snapshots()
+            if self.lease is not None:
+                self.lease.release()
 
     def _run_logged(self) -> Event:
         start_time = time.perf_counter()
@@ -604,12 +715,25 @@ class Trainer:
         try:
             return self._run(start_time)
         except GPTTUIError as exc:
-            event: Event = FailedEvent(str(exc), self.pos.step - 1, self.last_checkpoint)
+            event: Event = FailedEvent(str(exc), self.pos.step, self.last_checkpoint)
         except torch.OutOfMemoryError:
             event = FailedEvent("Out of memory. Lower the batch size or context length, use a smaller model, "
-                                "or use --dtype bf16 / gradient accumulation.", self.pos.step - 1, self.last_checkpoint)
+                                "or use --dtype bf16 / gradient accumulation.", self.pos.step, self.last_checkpoint)
+        except KeyboardInterrupt:  # a second Ctrl+C: no save, but the log says how the run ended
+            where = f"; the last checkpoint is {self.last_checkpoint!r}" if self.last_checkpoint else ""
+            self._emit(FailedEvent(f"Interrupted at once (second Ctrl+C) after step {self.pos.step}, without "
+                                   f"saving{where}.", self.pos.step, self.last_checkpoint))
+            self._log.close()
+            raise
         except Exception as exc:  # the UI must survive anything; the message says what happened
-            event = FailedEvent(f"{type(exc).__name__}: {exc}", self.pos.step - 1, self.last_checkpoint)
+            disk = exc if isinstance(exc, OSError) else None
+            if disk is not None:
+                from gpttui.core.store import describe_os_error
+
+                message = describe_os_error(disk, "Training stopped", Path(disk.filename or paths.data_dir()))
+            else:
+                message = f"{type(exc).__name__}: {exc}"
+            event = FailedEvent(message, self.pos.step, self.last_checkpoint)
         self._emit(event)
         self._log.close()
         return event
@@ -624,6 +748,12 @@ class Trainer:
         total_steps, per_epoch = self._total_steps()
         if total_steps < 1:
             raise ConfigError("Nothing to train: the training loader has fewer batches than one optimizer step.")
+        if self.resume and total_steps <= self.pos.step:
+            why = (f"--max-steps {cfg.max_steps} is already reached" if cfg.max_steps and cfg.max_steps <= self.pos.step
+                   else f"its {cfg.epochs} epoch(s) are done")
+            raise ConfigError(f"Checkpoint {self.resume!r} is at step {self.pos.step}: {why}, so there is nothing to "
+                              f"train and it was left as it is. Ask for more (e.g. --max-steps "
+                              f"{self.pos.step + 10}, or more --epochs).")
         model = self.model
         train_model: torch.nn.Module = torch.compile(model) if cfg.compile else model
         tokens_per_step = self.data.settings.batch_size * self.data.settings.context_length * cfg.grad_accum
@@ -632,7 +762,7 @@ class Trainer:
                                 "gpttui_version": __version__, "created": _now()})
         self._emit(Started(self.run_id, str(self._log.dir), cfg.to_dict(), self.model_config.to_dict(), n_params,
                            str(device), cfg.dtype, total_steps, per_epoch, tokens_per_step, self.pos.step,
-                           self.resume, self.data.identity()))
+                           self.resume, self.data.identity(), self.save_name, list(self.notes)))
         if self._resume_rng is not None:
             from gpttui.core import checkpoints
 
@@ -654,10 +784,10 @@ class Trainer:
                     reason = self.control.stop_reason
                     break
                 if self.control.paused:
-                    self._emit(StateEvent(True, self.pos.step - 1))
+                    self._emit(StateEvent(True, self.pos.step))
                     self.serve_snapshots()
                     self.control.wait_while_paused()
-                    self._emit(StateEvent(False, self.pos.step - 1))
+                    self._emit(StateEvent(False, self.pos.step))
                     step_start = time.perf_counter()
                     continue
             try:
@@ -674,7 +804,7 @@ class Trainer:
                 where = (f"the last good checkpoint is {self.last_checkpoint!r}" if self.last_checkpoint
                          else "no checkpoint was saved in this run")
                 raise NonFiniteLoss(
-                    f"The loss became {loss_value} at step {self.pos.step} (epoch {epoch + 1}); training stopped "
+                    f"The loss became {loss_value} at step {self.pos.step + 1} (epoch {epoch + 1}); training stopped "
                     f"before applying it, {where}. Try a lower learning rate, warmup or gradient clipping.")
             (loss / cfg.grad_accum).backward()
             step_loss += loss_value / cfg.grad_accum
@@ -694,8 +824,8 @@ class Trainer:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
-            step = self.pos.step
             self.pos.step += 1
+            step = self.pos.step  # steps done, this one included
             now = time.perf_counter()
             dt = max(now - step_start, 1e-9)
             tps = tokens_per_step / dt
@@ -707,7 +837,7 @@ class Trainer:
                                  now - start_time, total_steps, eta))
             step_loss = 0.0
             sampled_last = False
-            if step % cfg.eval_freq == 0:
+            if (step - 1) % cfg.eval_freq == 0:  # the book's global_step % eval_freq
                 train_loss, val_loss = self.evaluate(device)
                 if math.isfinite(val_loss):
                     self.pos.best_val_loss = min(self.pos.best_val_loss, val_loss)
@@ -737,11 +867,19 @@ class Trainer:
             if self.pos.step > 0 or self.resume:
                 checkpoint = self.save(device)
         best = self.pos.best_val_loss if math.isfinite(self.pos.best_val_loss) else None
-        event = FinishedEvent(reason, self.pos.step - 1, self.pos.tokens_seen, time.perf_counter() - start_time,
+        event = FinishedEvent(reason, self.pos.step, self.pos.tokens_seen, time.perf_counter() - start_time,
                               checkpoint, best)
         self._emit(event)
         self._log.close()
         return event
+
+
+def _slug(text: str) -> str:
+    """``text`` as a piece of a checkpoint name."""
+    import re
+
+    slug = re.sub(r"[^A-Za-z0-9_+-]+", "-", Path(text).stem if "/" in text or "." in text else text).strip("-.")
+    return (slug or "data")[:40]
 
 
 def _now() -> str:

@@ -99,7 +99,7 @@ class GPTTUIApp(App):
             where = f", saved as {event.checkpoint!r}" if event.checkpoint else ""
             self.notify(f"Training {event.reason}{where}.", title="Training finished")
         elif isinstance(event, CheckpointEvent):
-            self.notify(f"Saved checkpoint {event.name!r} (step {event.step + 1}).")
+            self.notify(f"Saved checkpoint {event.name!r} (step {event.step}).")
         self.refresh_header()
         if self._event_signal is not None:
             self._event_signal.set()

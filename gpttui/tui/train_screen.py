@@ -303,7 +303,7 @@ class TrainScreen(Screen):
         colour = {"running": "green", "paused": "yellow", "failed": "red", "finished": "cyan"}.get(snap.status, "white")
         lines = [f"[b {colour}]{snap.status}[/]"]
         if last is not None:
-            lines[0] += (f" · step {last.step + 1:,}/{last.total_steps:,} · epoch {last.epoch} · "
+            lines[0] += (f" · step {last.step:,}/{last.total_steps:,} · epoch {last.epoch} · "
                          f"{snap.progress:.0%}")
             lines.append(f"{last.tokens_seen:,} tokens seen · {last.tokens_per_sec:,.0f} tok/s · "
                          f"elapsed {format_duration(last.elapsed, NONE)} · ETA {format_duration(last.eta, NONE)}")
@@ -317,7 +317,7 @@ class TrainScreen(Screen):
             lines.append(f"{st.device} · {st.dtype} · {format_count(st.n_params)} params · run {st.run_id}")
         if snap.checkpoints:
             c = snap.checkpoints[-1]
-            lines.append(f"saved {escape(c.name)} at step {c.step + 1}")
+            lines.append(f"saved {escape(c.name)} at step {c.step}")
         if snap.failed is not None:
             lines.append(f"[red]✗ {escape(snap.failed.message)}[/red]")
         elif snap.finished is not None:
@@ -327,7 +327,7 @@ class TrainScreen(Screen):
     def _show_samples(self, samples) -> None:
         box = self.query_one("#samples", VerticalScroll)
         for sample in samples[self._samples_shown:]:
-            widget = Static(Text.assemble((f"step {sample.step + 1} · epoch {sample.epoch}\n", "dim"), sample.text),
+            widget = Static(Text.assemble((f"step {sample.step} · epoch {sample.epoch}\n", "dim"), sample.text),
                             classes="sample")
             if box.children:
                 box.mount(widget, before=0)
