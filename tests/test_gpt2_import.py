@@ -585,7 +585,10 @@ def test_cli_import_list_and_train_resume(tmp_path, bpe_dir):
     train = run_cli("train", "--resume", "tiny-gpt2", "--data", str(data), "--tokenizer", "gpt2",
                     "--max-steps", "2", "--context-length", "32", "--batch-size", "2")
     assert train.returncode == 0, train.stdout + train.stderr
-    after = checkpoints.load_checkpoint("tiny-gpt2", load_optimizer=True)
+    # imported weights continued on the user's text save under a new name; the import stays as it was
+    assert "saves as 'tiny-gpt2-on-my_text'" in train.stderr
+    assert all(torch.equal(v, before[k]) for k, v in checkpoints.load_checkpoint("tiny-gpt2").model.state_dict().items())
+    after = checkpoints.load_checkpoint("tiny-gpt2-on-my_text", load_optimizer=True)
     assert after.meta["step"] == 2 and after.meta["has_optimizer"]
     assert after.optimizer_state is not None
     assert after.config.context_length == 64 and after.config.tie_weights

@@ -159,7 +159,7 @@ async def test_train_monitor_full_flow():
         assert len(screen.query(".sample")) >= 0
         assert not app.state.session.running
     meta = checkpoints.show("pilot")
-    assert meta["step"] == finished.step + 1 and meta["source"] == "trained"
+    assert meta["step"] == finished.step and meta["source"] == "trained"
 
 
 async def test_quit_while_training_asks_then_stops_and_saves():

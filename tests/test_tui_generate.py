@@ -149,7 +149,8 @@ async def test_a_checkpoint_saved_again_is_reloaded_not_served_stale():
         for seed in (1, 2):
             if seed == 2:  # new weights under the same name, as continued training does
                 torch.manual_seed(seed)
-                checkpoints.save_checkpoint("again", GPTModel(TINY), meta={"tokenizer": "bytes", "source": "trained"})
+                checkpoints.save_checkpoint("again", GPTModel(TINY), meta={"tokenizer": "bytes", "source": "trained"},
+                                            overwrite=True)
             screen.query_one("#prompt", Input).value = "abc"
             await pilot.press("enter")
             turn = await screen.wait_done()

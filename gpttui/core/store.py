@@ -281,7 +281,9 @@ def _is_disk_error(e: BaseException) -> OSError | None:
     """The OSError behind ``e`` (torch wraps write failures in RuntimeError: 'unexpected pos')."""
     if isinstance(e, OSError):
         return e
-    if isinstance(e, RuntimeError) and ("unexpected pos" in str(e) or "file write failed" in str(e)):
+    text = str(e)
+    if ("No space left on device" in text or "os error 28" in text or "unexpected pos" in text
+            or "file write failed" in text):  # torch's and safetensors' wrappers of a failed write
         return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     return None
 
