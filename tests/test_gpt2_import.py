@@ -122,7 +122,8 @@ def test_imported_model_matches_transformers(tmp_path, layout, shape):
     assert ours.out_head.weight is ours.tok_emb.weight
     assert result.parameter_count == sum(p.numel() for p in hf.parameters())
 
-    ids = torch.tensor([token_ids(ByteTokenizer(), shape["vocab_size"])])  # any real-text ids will do
+    # Any real-text ids will do: the bytes of TEXT, as many as the context holds.
+    ids = torch.tensor([token_ids(ByteTokenizer(), shape["vocab_size"])[: shape["n_positions"]]])
     with torch.no_grad():
         hf_out = hf(ids, labels=ids)
         logits = ours(ids)
