@@ -205,9 +205,9 @@ def test_tokenize_equals_whole_encode(name, gpt2_tokenizer):
     assert btc.tokens.tolist() == ByteTokenizer().encode(text)
 
 
-def test_tokenize_reports_progress(pydoc, gpt2_tokenizer):
+def test_tokenize_reports_progress(pydoc):
     seen = []
-    D.tokenize_corpus(pydoc, gpt2_tokenizer, progress=lambda done, total: seen.append((done, total)))
+    D.tokenize_corpus(pydoc, ByteTokenizer(), progress=lambda done, total: seen.append((done, total)))
     assert seen[0] == (0, len(pydoc.text)) and seen[-1] == (len(pydoc.text), len(pydoc.text))
     assert [d for d, _ in seen] == sorted(d for d, _ in seen)
 
@@ -320,11 +320,12 @@ def test_cache_is_used_and_damage_is_rebuilt(pydoc, gpt2_tokenizer, gpttui_home)
     assert not list((gpttui_home / "cache").rglob("*.tmp"))
 
 
-def test_cache_key_follows_the_text(gpt2_tokenizer):
-    a = D.tokenize_corpus(D.Corpus("x", "x", "hello world\n"), gpt2_tokenizer)
-    b = D.tokenize_corpus(D.Corpus("x", "x", "hello there\n"), gpt2_tokenizer)
+def test_cache_key_follows_the_text():
+    tok = ByteTokenizer()
+    a = D.tokenize_corpus(D.Corpus("x", "x", "hello world\n"), tok)
+    b = D.tokenize_corpus(D.Corpus("x", "x", "hello there\n"), tok)
     assert not a.from_cache and not b.from_cache
-    assert b.tokens.tolist() == gpt2_tokenizer.encode("hello there\n")
+    assert b.tokens.tolist() == tok.encode("hello there\n")
 
 
 # --- reading ---------------------------------------------------------------------------------------------
@@ -501,6 +502,6 @@ def test_too_large_context_for_training(gpt2_tokenizer, stride, context):
     assert any("training loader" in q for q in over.stats.problems)
 
 
-def test_prepare_rejects_bad_settings(gpt2_tokenizer):
+def test_prepare_rejects_bad_settings():
     with pytest.raises(DataError):
-        D.prepare_data(D.DataSettings(batch_size=0), gpt2_tokenizer)
+        D.prepare_data(D.DataSettings(tokenizer="bytes", batch_size=0), ByteTokenizer())

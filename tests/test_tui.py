@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from textual.widgets import Input, Select, Static
 
 from gpttui.core import checkpoints
@@ -48,6 +49,7 @@ async def start_long_run(app, pilot, save_name: str) -> None:
     await app.wait_for_event(lambda e: isinstance(e, EvalEvent))
 
 
+@pytest.mark.requires_gpt2_bpe  # the stats count GPT-2 tokens
 async def test_dataset_screen_shows_builtin_corpus_stats():
     app = create_app(settings=DataSettings(tokenizer="gpt2", source="builtin:pydoc"))
     async with app.run_test(size=(120, 40)) as pilot:
