@@ -195,31 +195,118 @@ async def test_command_palette_lists_the_screens_and_actions():
         assert "Start training" in titles
 
 
-async def test_continue_from_a_checkpoint_is_offered(tmp_path):
+def _train_base(tmp_path, name="base", steps=3):
+    """A real checkpoint trained on its own text file (not the app's dataset)."""
     from gpttui.core.config import GPTConfig
-    from gpttui.core.model import GPTModel
+    from gpttui.core.data import _builtin_pydoc, prepare_data
+    from gpttui.core.tokenizer import ByteTokenizer
+    from gpttui.core.train import TrainConfig, Trainer
 
-    checkpoints.save_checkpoint("base", GPTModel(GPTConfig(vocab_size=257, context_length=32, emb_dim=32,
-                                                           n_heads=2, n_layers=1)),
-                                meta={"tokenizer": "bytes", "source": "trained"})
+    text = tmp_path / "story.txt"
+    text.write_text(_builtin_pydoc()[100_000:130_000], encoding="utf-8")
+    data = prepare_data(DataSettings(source=str(text), tokenizer="bytes", context_length=32, batch_size=4),
+                        ByteTokenizer())
+    cfg = GPTConfig(vocab_size=257, context_length=32, emb_dim=32, n_heads=2, n_layers=1)
+    final = Trainer(data, ByteTokenizer(), TrainConfig(max_steps=steps, eval_freq=1, eval_iter=1, sample_tokens=0,
+                                                         device="cpu", save_name=name), cfg).run()
+    assert isinstance(final, FinishedEvent), final
+    return data
+
+
+def _files(name):
+    from gpttui.core import paths
+
+    return {p.name: p.read_bytes() for p in sorted((paths.checkpoints_dir() / name).iterdir())}
+
+
+async def _continue_base(app, pilot, max_steps="5"):
+    """F3, pick 'base' to continue, press F6: the app asks how, since its dataset is other text."""
+    from gpttui.tui.train_screen import ContinueDialog
+
+    await wait_dataset(app, pilot)
+    await pilot.press("f3")
+    await pilot.pause()
+    select = app.screen.query_one("#resume", Select)
+    assert "base" in [value for _, value in select._options]
+    select.value = "base"
+    await pilot.pause()
+    assert app.screen.query_one("#n_layers", Input).disabled
+    for wid, value in (("max_steps", max_steps), ("eval_freq", "1"), ("eval_iter", "1")):
+        app.screen.query_one(f"#{wid}", Input).value = value
+    await pilot.press("f6")
+    await pilot.pause()
+    dialog = app.screen
+    assert isinstance(dialog, ContinueDialog)
+    return dialog
+
+
+async def test_continue_defaults_to_the_checkpoints_own_data(tmp_path):
+    """After a restart the Dataset screen holds the built-in corpus; Continue still trains on the
+    checkpoint's own text (the focused choice), saves over it, and keeps its loss curve."""
+    own = _train_base(tmp_path)
+    before = torch_load_history("base")
     app = create_app(settings=SMALL)
     async with app.run_test(size=(120, 40)) as pilot:
-        await wait_dataset(app, pilot)
-        await pilot.press("f3")
-        await pilot.pause()
-        select = app.screen.query_one("#resume", Select)
-        assert "base" in [value for _, value in select._options]
-        select.value = "base"
-        await pilot.pause()
-        assert app.screen.query_one("#n_layers", Input).disabled
-        app.screen.query_one("#max_steps", Input).value = "2"
-        app.screen.query_one("#eval_freq", Input).value = "1"
-        app.screen.query_one("#eval_iter", Input).value = "1"
-        await pilot.press("f6")
+        dialog = await _continue_base(app, pilot)
+        assert app.focused is dialog.query_one("#own")
+        await pilot.press("enter")
         finished = await app.wait_for_event(lambda e: isinstance(e, FinishedEvent) or e.event == "failed")
         assert isinstance(finished, FinishedEvent), getattr(finished, "message", "")
         await app.state.session.worker.wait()
-    assert checkpoints.show("base")["step"] == 2
+    meta = checkpoints.show("base")
+    assert meta["step"] == 5 and meta["dataset"]["sha256"] == own.corpus.sha256
+    after = torch_load_history("base")
+    assert after["steps"][:len(before["steps"])] == before["steps"] and len(after["steps"]) > len(before["steps"])
+
+
+def torch_load_history(name):
+    import torch
+
+    from gpttui.core import paths
+
+    return torch.load(paths.checkpoints_dir() / name / "trainer_state.pt", weights_only=True)["history"]
+
+
+async def test_continue_on_other_data_saves_under_a_new_name(tmp_path):
+    _train_base(tmp_path)
+    before = _files("base")
+    app = create_app(settings=SMALL)
+    async with app.run_test(size=(120, 40)) as pilot:
+        dialog = await _continue_base(app, pilot)
+        assert "base-on-Python" in str(dialog.query_one("#new").label)
+        dialog.query_one("#new").press()
+        finished = await app.wait_for_event(lambda e: isinstance(e, FinishedEvent) or e.event == "failed")
+        assert isinstance(finished, FinishedEvent), getattr(finished, "message", "")
+        await app.state.session.worker.wait()
+    assert _files("base") == before  # the original, byte for byte
+    new = [c for c in checkpoints.list_checkpoints() if c.name.startswith("base-on-")]
+    assert len(new) == 1 and new[0].step == 5 and new[0].meta["dataset"]["source"] == "builtin:pydoc"
+
+
+async def test_cancelled_continue_and_refused_replace_change_nothing(tmp_path):
+    from gpttui.tui.checkpoints_screen import ConfirmDialog
+
+    _train_base(tmp_path)
+    before = _files("base")
+    app = create_app(settings=SMALL)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await _continue_base(app, pilot)
+        await pilot.press("escape")
+        await pilot.pause()
+        assert isinstance(app.screen, TrainScreen) and not app.state.session.running
+        # a new model asked to save over an existing checkpoint: the app asks, No keeps it
+        app.screen.query_one("#resume", Select).value = "__new__"
+        await pilot.pause()
+        await set_tiny_model(app, pilot)
+        app.screen.query_one("#save_name", Input).value = "base"
+        await pilot.press("f6")
+        await pilot.pause()
+        assert isinstance(app.screen, ConfirmDialog) and "'base' already exists" in str(
+            app.screen.query_one(".dialog-title").render())
+        await pilot.press("n")
+        await pilot.pause()
+        assert not app.state.session.running
+    assert _files("base") == before
 
 
 async def test_hang_up_stops_saves_and_exits():

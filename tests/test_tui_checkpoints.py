@@ -429,3 +429,32 @@ def _import_if_not_cancelled(folder, cancel):
 
     import_gpt2(folder, "never", cancel=cancel)
     return "imported", "never"
+
+
+async def test_meta_with_wrong_types_is_a_broken_row_not_a_crash():
+    """meta.json files that parse as JSON but break the schema (null step, null source, a string
+    parameter count, "step": "lots") are each listed as broken; the app and the other rows stay."""
+    import json
+
+    save("good", step=4, dataset=DATASET)
+    for name, key, value in (("step-null", "step", None), ("source-null", "source", None),
+                             ("params-text", "parameter_count", "124M"), ("step-lots", "step", "lots")):
+        save(name)
+        file = paths.checkpoints_dir() / name / "meta.json"
+        meta = json.loads(file.read_text())
+        meta[key] = value
+        file.write_text(json.dumps(meta))
+    app = create_app(settings=SMALL)
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await open_screen(app, pilot)
+        rows = table_rows(screen)
+        assert rows["good"][4] == "4"
+        for name, key in (("step-null", "step"), ("source-null", "source"), ("params-text", "parameter_count"),
+                          ("step-lots", "step")):
+            assert "broken" in rows[name][1] and key in rows[name][10], rows[name]
+        await select_row(screen, pilot, "step-lots")
+        assert "step must be a whole number" in text(screen.query_one("#ckpt-meta", Static))
+        await pilot.press("f3")  # the Train screen lists only the usable ones
+        await pilot.pause()
+        options = [value for _, value in app.screen.query_one("#resume", Select)._options]
+        assert "good" in options and "step-lots" not in options

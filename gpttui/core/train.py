@@ -30,7 +30,7 @@ import torch
 from gpttui import __version__
 from gpttui.core import paths
 from gpttui.core.config import GPTConfig
-from gpttui.core.data import PreparedData
+from gpttui.core.data import DataSettings, PreparedData
 from gpttui.core.errors import ConfigError, GPTTUIError
 from gpttui.core.generate import sample_text
 from gpttui.core.model import GPTModel, count_parameters, perplexity
@@ -408,6 +408,84 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devic
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
+def dataset_matches(dataset: dict | None, data: PreparedData) -> bool:
+    """Whether a checkpoint's dataset record (``meta.json``'s ``dataset``) is the text of ``data``."""
+    if not dataset:
+        return False
+    return (dataset.get("sha256") == data.corpus.sha256
+            and dataset.get("tokenizer", data.tokenized.tokenizer.name) == data.tokenized.tokenizer.name)
+
+
+@dataclass
+class SavePlan:
+    """Where a run will save. ``replaces`` (a message) is set when that would replace an existing
+    checkpoint, which needs the user's explicit word (``--overwrite``, or a yes in the app)."""
+
+    name: str
+    continuing: bool  # saves over the very checkpoint it resumes, on that checkpoint's own data
+    replaces: str | None = None
+    note: str | None = None
+
+
+def plan_save(store: Any, *, resume: str | None, requested: str | None, same_data: bool, data_label: str,
+              run_id: str) -> SavePlan:
+    """The one decision of where a run saves (the CLI and the app both ask here).
+
+    - A new model saves as ``requested`` or ``run-<id>``; an existing name needs the user's word.
+    - Continuing a checkpoint on its own data saves over it (its loss curve goes on in the checkpoint).
+    - Continuing it on other data saves under a new name (``NAME-on-<data>``) unless the user names a
+      checkpoint, and replacing one (the original included) needs the user's word.
+    """
+    from gpttui.core.store import unique_name
+
+    if resume is None:
+        name = requested or f"run-{run_id}"
+        if store.exists(name):
+            return SavePlan(name, False, f"Checkpoint {name!r} already exists; choose another name, or say to "
+                                         "replace it (--overwrite).")
+        return SavePlan(name, False)
+    if requested in (None, resume) and same_data:
+        return SavePlan(resume, True)
+    if requested is None:
+        name = unique_name(store, f"{resume}-on-{_slug(data_label)}")
+        return SavePlan(name, False, note=f"{resume!r} was trained on other data, so this run saves as {name!r} "
+                                          f"and {resume!r} stays as it is.")
+    if requested == resume:
+        return SavePlan(resume, False, f"{resume!r} was trained on other data; continuing it on this text saves "
+                                       "under a new name unless you say to replace it (--overwrite).")
+    if store.exists(requested):
+        return SavePlan(requested, False, f"Checkpoint {requested!r} already exists; choose another name, or say "
+                                          "to replace it (--overwrite).")
+    return SavePlan(requested, False)
+
+
+def checkpoint_data_settings(meta: Any) -> DataSettings | None:
+    """The data settings a checkpoint was trained with (``None`` when it records no dataset)."""
+    ds = meta.dataset
+    if not ds or not ds.get("source"):
+        return None
+    return DataSettings(source=ds["source"], tokenizer=ds.get("tokenizer") or meta.tokenizer or "gpt2",
+                        context_length=ds.get("context_length") or meta.model_config.context_length,
+                        stride=ds.get("stride"), batch_size=ds.get("batch_size") or 2,
+                        train_ratio=ds.get("train_ratio", 0.9))
+
+
+def prepare_checkpoint_data(meta: Any, tokenizer: Tokenizer, progress: Any = None) -> PreparedData:
+    """The checkpoint's own training data, prepared as it was; :class:`DataError` when the text is gone or
+    has changed since (then it is not the data the checkpoint learned from)."""
+    from gpttui.core.data import prepare_data, read_corpus
+    from gpttui.core.errors import DataError
+
+    settings = checkpoint_data_settings(meta)
+    if settings is None:
+        raise DataError("This checkpoint records no training data (imported weights): pick a dataset to train on.")
+    corpus = read_corpus(settings.source)
+    if corpus.sha256 != meta.dataset.get("sha256"):
+        raise DataError(f"{settings.source} has changed since the checkpoint was trained on it; it is not the same "
+                        "text any more.")
+    return prepare_data(settings, tokenizer, corpus=corpus, progress=progress)
+
+
 class Trainer:
     """Builds (or resumes) a model and trains it on ``data``, reporting through ``callback``.
 
@@ -543,35 +621,23 @@ class Trainer:
 
     def data_matches(self, dataset: dict | None) -> bool:
         """Whether ``dataset`` (a checkpoint's record) is the text this run trains on."""
-        if not dataset:
-            return False
-        return (dataset.get("sha256") == self.data.corpus.sha256
-                and dataset.get("tokenizer", self.tokenizer.name) == self.tokenizer.name)
+        return dataset_matches(dataset, self.data)
 
     def _reserve_save_name(self) -> None:
         """Decide where this run saves, and hold that name for the whole run (see the store)."""
-        from gpttui.core.store import default_store, unique_name
+        from gpttui.core.store import default_store
 
         store = default_store()
-        name = self.save_name
-        continuing = False
-        if self.resume:
-            if name is None or name == self.resume:
-                if self.same_data or (name == self.resume and self.overwrite):
-                    name, continuing = self.resume, True
-                else:
-                    if name == self.resume:
-                        raise ConfigError(
-                            f"{self.resume!r} was trained on other data; continuing it on this text saves under a "
-                            "new name unless you say to replace it (--overwrite).")
-                    name = unique_name(store, f"{self.resume}-on-{_slug(self.data.corpus.label)}")
-                    self.notes.append(f"{self.resume!r} was trained on other data, so this run saves as {name!r} "
-                                      f"and {self.resume!r} stays as it is.")
-        assert name is not None
-        self.lease = store.reserve(name, overwrite=self.overwrite, continuing=continuing)
-        self.save_name = name
+        plan = plan_save(store, resume=self.resume, requested=self.save_name, same_data=self.same_data,
+                         data_label=self.data.corpus.label, run_id=self.run_id)
+        if plan.replaces and not self.overwrite:
+            raise ConfigError(plan.replaces)
+        if plan.note:
+            self.notes.append(plan.note)
+        self.lease = store.reserve(plan.name, overwrite=self.overwrite, continuing=plan.continuing)
+        self.save_name = plan.name
         if self.lease.took_over is not None:
-            self.notes.append(f"The name {name!r} was locked by {self.lease.took_over.describe()}, but "
+            self.notes.append(f"The name {plan.name!r} was locked by {self.lease.took_over.describe()}, but "
                               f"{self.lease.stale_reason}: the lock was taken over.")
 
     def _total_steps(self) -> tuple[int, float]:

@@ -750,14 +750,10 @@ class CheckpointsScreen(Screen):
         except Exception as exc:  # the checkpoint vanished meanwhile
             self.app.notify(f"Cannot select {name!r}: {exc}", severity="error")
             return
-        tokenizer = (info.meta or {}).get("tokenizer")
-        data_tokenizer = self.app.state.settings.tokenizer
-        note = ""
-        if tokenizer and tokenizer != data_tokenizer:
-            note = (f" It uses the {tokenizer} tokenizer and the dataset the {data_tokenizer} one: "
-                    "switch the tokenizer on the Dataset screen (F2) first.")
-        self.app.notify(f"Continue training {name!r}: set the run and press F6.{note}",
-                        severity="warning" if note else "information", timeout=10 if note else 5)
+        dataset = (info.meta or {}).get("dataset") or {}
+        where = (f"on its own data ({dataset.get('label') or dataset.get('source')}) unless you choose otherwise"
+                 if dataset.get("source") else "on the Dataset screen's text, saved under a new name")
+        self.app.notify(f"Continue training {name!r}: press F6. It continues {where}.", timeout=8)
 
     @on(Button.Pressed, "#ckpt-rename")
     def action_rename(self) -> None:

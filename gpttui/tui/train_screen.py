@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from rich.markup import escape
 from rich.text import Text
-from textual import on
+from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
-from textual.screen import Screen
+from textual.screen import ModalScreen, Screen
 from textual.widgets import Button, Checkbox, Footer, Header, Input, Label, ProgressBar, Select, Static
 
 from gpttui.core import checkpoints
@@ -18,7 +18,8 @@ from gpttui.core.errors import GPTTUIError
 from gpttui.core.model import parameter_count, training_memory_estimate
 from gpttui.core.tokenizer import get_tokenizer
 from gpttui.core.units import format_bytes as _fmt_bytes, format_count, format_duration
-from gpttui.core.train import TrainConfig, Trainer
+from gpttui.core.store import default_store
+from gpttui.core.train import TrainConfig, Trainer, dataset_matches, plan_save, prepare_checkpoint_data
 from gpttui.tui.widgets import Field, MetricChart, read_field
 
 NEW_MODEL = "__new__"
@@ -37,6 +38,40 @@ OPTIM_FIELDS = [
     ("eval_iter", "Eval batches", "int", 1, "batches per evaluation"),
     ("seed", "Seed", "int", 0, None),
 ]
+
+
+class ContinueDialog(ModalScreen[str | None]):
+    """Continuing a checkpoint while the Dataset screen holds other text: on its own data (the default),
+    or on this text under a new name, or on this text replacing it (the user's explicit word)."""
+
+    BINDINGS = [Binding("escape", "dismiss(None)", "Cancel")]
+
+    def __init__(self, name: str, own_label: str | None, this_label: str | None, new_name: str) -> None:
+        super().__init__()
+        self.ckpt, self.own_label, self.this_label, self.new_name = name, own_label, this_label, new_name
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog ckpt-dialog", id="continue-dialog"):
+            own = (f"it was trained on {self.own_label}" if self.own_label
+                   else "it records no training text (imported weights)")
+            this = (f"the Dataset screen holds {self.this_label}" if self.this_label
+                    else "the Dataset screen has no usable text")
+            yield Label(f"Continue {self.ckpt!r}: {own}; {this}.", classes="dialog-title")
+            with Vertical(classes="dialog-buttons continue-choices"):
+                if self.own_label:
+                    yield Button(f"On its own data, saving over {self.ckpt!r}", id="own", variant="primary")
+                if self.this_label:
+                    yield Button(f"On {self.this_label}, saving as {self.new_name!r}", id="new",
+                                 variant="default" if self.own_label else "primary")
+                    yield Button(f"On {self.this_label}, replacing {self.ckpt!r}", id="replace", variant="error")
+                yield Button("Cancel", id="cancel")
+
+    def on_mount(self) -> None:
+        self.query_one("#own" if self.own_label else "#new", Button).focus()
+
+    @on(Button.Pressed)
+    def _chosen(self, event: Button.Pressed) -> None:
+        self.dismiss(None if event.button.id == "cancel" else event.button.id)
 
 
 class TrainScreen(Screen):
@@ -171,9 +206,6 @@ class TrainScreen(Screen):
         values["save_name"] = self.query_one("#save_name", Input).value.strip() or None
         values["device"] = str(self.query_one("#device", Select).value)
         values["dtype"] = str(self.query_one("#dtype", Select).value)
-        resume = self.query_one("#resume", Select).value
-        if resume != NEW_MODEL and not values["save_name"]:
-            values["save_name"] = str(resume)
         config = TrainConfig(**values)
         config.validate()
         return config
@@ -197,30 +229,94 @@ class TrainScreen(Screen):
     @on(Button.Pressed, "#start")
     def action_start(self) -> None:
         app = self.app
-        session = app.state.session
-        if session.running:
+        if app.state.session.running:
             app.notify("A run is already in progress.", severity="warning")
-            return
-        prepared = app.state.prepared
-        if prepared is None:
-            app.notify("No dataset is ready: pick one on the Dataset screen (F2).", severity="error")
-            self._set_status("[red]No dataset is ready: pick one on the Dataset screen (F2).[/red]")
-            return
-        if not prepared.stats.ok:
-            text = "\n".join(prepared.stats.problems)
-            app.notify(text, title="Cannot start", severity="error", timeout=10)
-            self._set_status(f"[red]✗ {escape(text)}[/red]")
             return
         try:
             config = self.train_config()
             resume = self.query_one("#resume", Select).value
             resume = None if resume == NEW_MODEL else str(resume)
             model_config = None if resume else self.model_config()
-            tokenizer = get_tokenizer(prepared.settings.tokenizer)
-            trainer = Trainer(prepared, tokenizer, config, model_config, resume=resume)
+            store = default_store()
+            meta = store.read_meta(resume) if resume else None
         except (ValueError, GPTTUIError) as exc:
-            app.notify(str(exc), title="Cannot start", severity="error", timeout=10)
-            self._set_status(f"[red]✗ {escape(str(exc))}[/red]")
+            self._cannot_start(str(exc))
+            return
+        prepared = app.state.prepared
+        problem = ("No dataset is ready: pick one on the Dataset screen (F2)." if prepared is None
+                   else "\n".join(prepared.stats.problems))
+        same = meta is not None and prepared is not None and dataset_matches(meta.dataset, prepared)
+        if meta is not None and not same and config.save_name in (None, resume):
+            self._ask_how_to_continue(resume, meta, config, None if problem else prepared)
+            return
+        if problem:
+            self._cannot_start(problem)
+            return
+        plan = plan_save(store, resume=resume, requested=config.save_name, same_data=same,
+                         data_label=prepared.corpus.label, run_id="x")
+        if plan.replaces:
+            from gpttui.tui.checkpoints_screen import ConfirmDialog
+
+            def confirmed(yes: bool | None) -> None:
+                if yes:
+                    self._launch(prepared, config, model_config, resume, overwrite=True)
+
+            app.push_screen(ConfirmDialog(f"Checkpoint {plan.name!r} already exists. Replace it with this run's "
+                                          "model? Its weights and optimizer state will be gone.",
+                                          confirm="Replace"), confirmed)
+            return
+        self._launch(prepared, config, model_config, resume)
+
+    def _ask_how_to_continue(self, resume: str, meta, config: TrainConfig, prepared) -> None:
+        """The Dataset screen holds other text than ``resume`` was trained on (or nothing usable)."""
+        own = (meta.dataset or {}).get("label") if (meta.dataset or {}).get("source") else None
+        if own is None and prepared is None:
+            self._cannot_start(f"{resume!r} records no training text and the Dataset screen has none ready: "
+                               "pick a dataset first (F2).")
+            return
+        new_name = plan_save(default_store(), resume=resume, requested=None, same_data=False,
+                             data_label=prepared.corpus.label, run_id="x").name if prepared else ""
+
+        def chosen(choice: str | None) -> None:
+            if choice == "own":
+                self._set_status(f"Preparing {escape(own or '')}, the text {escape(resume)} was trained on…")
+                self._prepare_own_data(resume, config)
+            elif choice == "new":
+                self._launch(prepared, config, None, resume, overwrite=False, save_name=None)
+            elif choice == "replace":
+                self._launch(prepared, config, None, resume, overwrite=True, save_name=resume)
+
+        self.app.push_screen(ContinueDialog(resume, own, prepared.corpus.label if prepared else None, new_name),
+                             chosen)
+
+    def _cannot_start(self, message: str) -> None:
+        self.app.notify(message, title="Cannot start", severity="error", timeout=10)
+        self._set_status(f"[red]✗ {escape(message)}[/red]")
+
+    @work(thread=True, exclusive=True, group="continue-data")
+    def _prepare_own_data(self, name: str, config: TrainConfig) -> None:
+        try:
+            meta = default_store().read_meta(name)
+            prepared = prepare_checkpoint_data(meta, get_tokenizer(meta.dataset.get("tokenizer") or "gpt2"))
+        except GPTTUIError as exc:
+            self.app.call_from_thread(self._cannot_start, f"Cannot continue {name!r} on its own data: {exc}")
+            return
+        self.app.call_from_thread(self._launch, prepared, config, None, name)
+
+    def _launch(self, prepared, config: TrainConfig, model_config, resume: str | None, *, overwrite: bool = False,
+                save_name: str | None | object = ...) -> None:
+        app = self.app
+        session = app.state.session
+        if session.running:
+            app.notify("A run is already in progress.", severity="warning")
+            return
+        if save_name is not ...:
+            config = TrainConfig(**{**config.to_dict(), "save_name": save_name})
+        try:
+            tokenizer = get_tokenizer(prepared.settings.tokenizer)
+            trainer = Trainer(prepared, tokenizer, config, model_config, resume=resume, overwrite=overwrite)
+        except (ValueError, GPTTUIError) as exc:
+            self._cannot_start(str(exc))
             return
         label = resume or f"{self.query_one('#preset', Select).value}"
         for child in list(self.query_one("#samples").children):
