@@ -263,6 +263,7 @@ async def test_export_writes_the_books_file_and_it_imports_back(tmp_path):
         field = dialog.query_one("#export-path", Input)
         assert field.value == "./tiny.pth"
         out = tmp_path / "out" / "model.pth"
+        out.parent.mkdir()  # export does not create folders
         field.value = str(out)
         field.focus()
         await pilot.press("enter")
