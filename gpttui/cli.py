@@ -431,7 +431,8 @@ def cmd_import_gpt2(args: argparse.Namespace) -> int:
 
     try:
         result = import_gpt2(args.source, name, overwrite=args.overwrite, progress=progress, on_stage=on_stage,
-                             local_files_only=args.offline)
+                             local_files_only=args.offline, tokenizer=args.tokenizer,
+                             allow_nonfinite=args.allow_nonfinite)
     finally:
         end_bar()
     cfg = result.config
@@ -579,6 +580,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="checkpoint name (default: the size name)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint of that name")
     p.add_argument("--offline", action="store_true", help="use only the local Hugging Face cache")
+    p.add_argument("--tokenizer", default="gpt2", choices=["gpt2", "bytes"],
+                   help="the tokenizer the weights go with (default gpt2; bytes for a 257-token vocabulary)")
+    p.add_argument("--allow-nonfinite", action="store_true", help="import weights holding NaN/inf anyway")
     p.set_defaults(func=cmd_import_gpt2)
     return parser
 
