@@ -375,19 +375,24 @@ def cmd_ckpt_delete(args: argparse.Namespace) -> int:
 
 
 def cmd_ckpt_export(args: argparse.Namespace) -> int:
-    from gpttui.core import checkpoints
+    from gpttui.core import interop
 
-    path = checkpoints.export_book(args.name, args.path, with_optimizer=args.with_optimizer)
+    path = interop.export_book(args.name, args.path, with_optimizer=args.with_optimizer, force=args.force)
     Out()(f"Exported {args.name!r} to {path or args.path} (the book's "
           f"{'model_and_optimizer.pth dict' if args.with_optimizer else 'model.pth state_dict'}).")
     return 0
 
 
 def cmd_ckpt_import(args: argparse.Namespace) -> int:
-    from gpttui.core import checkpoints
+    from gpttui.core import checkpoints, interop
 
-    path = checkpoints.import_book(args.path, args.name, n_heads=args.n_heads, tokenizer=args.tokenizer)
-    Out()(f"Imported {args.path} as checkpoint {args.name!r} ({path}).")
+    path = interop.import_book(args.path, args.name, n_heads=args.n_heads, tokenizer=args.tokenizer,
+                               allow_nonfinite=args.allow_nonfinite)
+    meta = checkpoints.read_meta(path)
+    out = Out()
+    out(f"Imported {args.path} as checkpoint {args.name!r} ({path}; {meta.get('tokenizer')} tokenizer).")
+    for note in meta.get("notes") or []:
+        out(f"note: {note}")
     return 0
 
 
@@ -430,7 +435,8 @@ def cmd_import_gpt2(args: argparse.Namespace) -> int:
 
     try:
         result = import_gpt2(args.source, name, overwrite=args.overwrite, progress=progress, on_stage=on_stage,
-                             local_files_only=args.offline)
+                             local_files_only=args.offline, tokenizer=args.tokenizer,
+                             allow_nonfinite=args.allow_nonfinite)
     finally:
         end_bar()
     cfg = result.config
@@ -563,12 +569,16 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("name")
     q.add_argument("path")
     q.add_argument("--with-optimizer", action="store_true", help="the book's model_and_optimizer.pth dict")
+    q.add_argument("--force", action="store_true",
+                   help="replace an existing file (never one inside the checkpoints folder)")
     q.set_defaults(func=cmd_ckpt_export)
     q = csub.add_parser("import", help="import the book's model.pth / model_and_optimizer.pth (safe loading)")
     q.add_argument("path")
     q.add_argument("name")
     q.add_argument("--n-heads", type=int, help="attention heads, when the width is not a GPT-2 size")
-    q.add_argument("--tokenizer", default="gpt2", choices=["gpt2", "bytes"], help="the tokenizer it was trained with")
+    q.add_argument("--tokenizer", choices=["gpt2", "bytes"],
+                   help="the tokenizer it was trained with (default: from the vocabulary, 257 bytes, 50257+ gpt2)")
+    q.add_argument("--allow-nonfinite", action="store_true", help="import weights holding NaN/inf anyway")
     q.set_defaults(func=cmd_ckpt_import)
 
     p = sub.add_parser("import-gpt2", help="load OpenAI's pretrained GPT-2 weights as a checkpoint")
@@ -578,6 +588,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="checkpoint name (default: the size name)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint of that name")
     p.add_argument("--offline", action="store_true", help="use only the local Hugging Face cache")
+    p.add_argument("--tokenizer", default="gpt2", choices=["gpt2", "bytes"],
+                   help="the tokenizer the weights go with (default gpt2; bytes for a 257-token vocabulary)")
+    p.add_argument("--allow-nonfinite", action="store_true", help="import weights holding NaN/inf anyway")
     p.set_defaults(func=cmd_import_gpt2)
     return parser
 

@@ -21,6 +21,7 @@ from torch import nn
 import book_reference
 import gpttui
 from gpttui.core import checkpoints as ck
+from gpttui.core import interop
 from gpttui.core import paths
 from gpttui.core.config import GPTConfig
 from gpttui.core.errors import CheckpointError
@@ -542,7 +543,7 @@ def test_code_payloads_are_refused_and_never_run(tmp_path):
 
     for file in (evil, bare):
         with pytest.raises(CheckpointError, match="contains code or Python objects") as err:
-            ck.import_book(file, "evil", tiny_config())
+            interop.import_book(file, "evil", tiny_config())
         assert "not loaded" in str(err.value) and str(file) in str(err.value)
         with pytest.raises(CheckpointError, match="contains code or Python objects"):
             ck.safe_torch_load(file)
@@ -589,7 +590,7 @@ def book_model_from(cfg: GPTConfig, state: dict) -> book_reference.GPTModel:
 def test_export_book_model_pth(tied, tmp_path):
     model = make_model(tie_weights=tied)
     ck.save_checkpoint("exp", model)
-    out = ck.export_book("exp", tmp_path)  # a folder: the book's file name
+    out = interop.export_book("exp", tmp_path)  # a folder: the book's file name
     assert out == tmp_path / "model.pth"
     state = torch.load(out, weights_only=True)
     assert set(state) == set(book_reference.GPTModel(book_cfg(model.cfg)).state_dict())
@@ -597,7 +598,7 @@ def test_export_book_model_pth(tied, tmp_path):
     torch.testing.assert_close(logits(book_model), logits(model), rtol=1e-5, atol=1e-5)
 
     with pytest.raises(CheckpointError, match="no optimizer state"):
-        ck.export_book("exp", tmp_path / "x.pth", with_optimizer=True)
+        interop.export_book("exp", tmp_path / "x.pth", with_optimizer=True)
 
 
 @pytest.mark.parametrize("tied", [False, True])
@@ -606,7 +607,8 @@ def test_export_book_model_and_optimizer(tied, tmp_path):
     opt = torch.optim.AdamW(model.parameters(), lr=4e-4, weight_decay=0.1)  # the book's optimizer
     train_steps(model, opt, 2)
     ck.save_checkpoint("exp", model, optimizer=opt)
-    out = ck.export_book("exp", tmp_path / "sub" / "mine.pth", with_optimizer=True)
+    (tmp_path / "sub").mkdir()
+    out = interop.export_book("exp", tmp_path / "sub" / "mine.pth", with_optimizer=True)
     assert out == tmp_path / "sub" / "mine.pth"
 
     checkpoint = torch.load(out, weights_only=True)  # the book's loading code
@@ -625,7 +627,7 @@ def test_export_book_model_and_optimizer(tied, tmp_path):
 
 @pytest.mark.parametrize("variant", ["plain", "orig_mod", "module", "with_optimizer"])
 def test_import_book(variant, tmp_path):
-    cfg = tiny_config(qkv_bias=True)
+    cfg = tiny_config(qkv_bias=True, vocab_size=257)  # the bytes tokenizer's vocabulary
     torch.manual_seed(3)
     book_model = book_reference.GPTModel(book_cfg(cfg))
     state = book_model.state_dict()
@@ -644,10 +646,10 @@ def test_import_book(variant, tmp_path):
     else:
         torch.save(state, file)
 
-    path = ck.import_book(file, "imported", cfg)
+    path = interop.import_book(file, "imported", cfg)
     assert path == ck.checkpoint_path("imported")
     loaded = ck.load_checkpoint("imported", load_optimizer=True)
-    assert loaded.meta["source"] == "imported-book" and loaded.meta["tokenizer"] == "gpt2"
+    assert loaded.meta["source"] == "imported-book" and loaded.meta["tokenizer"] == "bytes"  # from the vocabulary
     assert loaded.config == cfg
     torch.testing.assert_close(logits(loaded.model), logits(book_model), rtol=1e-5, atol=1e-5)
     if variant == "with_optimizer":
@@ -658,13 +660,13 @@ def test_import_book(variant, tmp_path):
     else:
         assert loaded.optimizer_state is None
     with pytest.raises(CheckpointError, match="already exists"):
-        ck.import_book(file, "imported", cfg)
+        interop.import_book(file, "imported", cfg)
 
 
 @pytest.mark.parametrize("tied, qkv_bias", [(False, False), (True, True)])
 def test_import_book_infers_config(tied, qkv_bias, tmp_path):
     """GPT-2 widths give n_heads; everything else comes from the shapes."""
-    cfg = GPTConfig(vocab_size=11, context_length=5, emb_dim=768, n_heads=12, n_layers=1, drop_rate=0.0,
+    cfg = GPTConfig(vocab_size=257, context_length=5, emb_dim=768, n_heads=12, n_layers=1, drop_rate=0.0,
                     qkv_bias=qkv_bias)
     torch.manual_seed(4)
     book_model = book_reference.GPTModel(book_cfg(cfg))
@@ -672,7 +674,7 @@ def test_import_book_infers_config(tied, qkv_bias, tmp_path):
         with torch.no_grad():
             book_model.out_head.weight.copy_(book_model.tok_emb.weight)
     torch.save(book_model.state_dict(), tmp_path / "model.pth")
-    ck.import_book(tmp_path / "model.pth", "inferred")
+    interop.import_book(tmp_path / "model.pth", "inferred")
     loaded = ck.load_checkpoint("inferred")
     assert loaded.config == cfg.replace(tie_weights=tied, drop_rate=GPTConfig().drop_rate)
     assert (loaded.model.out_head.weight is loaded.model.tok_emb.weight) is tied
@@ -681,31 +683,31 @@ def test_import_book_infers_config(tied, qkv_bias, tmp_path):
 
 
 def test_import_book_needs_heads_for_unknown_width(tmp_path):
-    book_model = book_reference.GPTModel(book_cfg(tiny_config()))
+    book_model = book_reference.GPTModel(book_cfg(tiny_config(vocab_size=257)))
     torch.save(book_model.state_dict(), tmp_path / "model.pth")
     with pytest.raises(CheckpointError, match="n_heads") as err:
-        ck.import_book(tmp_path / "model.pth", "x")
+        interop.import_book(tmp_path / "model.pth", "x")
     assert "emb_dim 32" in str(err.value)
-    assert ck.infer_book_config(tmp_path / "model.pth", n_heads=4) == tiny_config(drop_rate=0.1)
-    ck.import_book(tmp_path / "model.pth", "with-heads", n_heads=4)
+    assert interop.infer_book_config(tmp_path / "model.pth", n_heads=4) == tiny_config(vocab_size=257, drop_rate=0.1)
+    interop.import_book(tmp_path / "model.pth", "with-heads", n_heads=4)
     torch.testing.assert_close(logits(ck.load_checkpoint("with-heads").model), logits(book_model),
                                rtol=1e-5, atol=1e-5)
     ck.delete_checkpoint("with-heads")
     with pytest.raises(CheckpointError, match="wrong shapes"):
-        ck.import_book(tmp_path / "model.pth", "x", tiny_config(emb_dim=64))
+        interop.import_book(tmp_path / "model.pth", "x", tiny_config(emb_dim=64, vocab_size=257))
     with pytest.raises(CheckpointError, match="does not hold a model state_dict"):
         torch.save([1, 2, 3], tmp_path / "list.pth")
-        ck.import_book(tmp_path / "list.pth", "x")
+        interop.import_book(tmp_path / "list.pth", "x")
     assert ck.list_checkpoints() == []
 
 
 def test_export_then_import_round_trip(tmp_path):
-    model = make_model(tie_weights=True)
+    model = make_model(tie_weights=True, vocab_size=257)
     opt = torch.optim.AdamW(model.parameters())
     train_steps(model, opt, 1)
     ck.save_checkpoint("orig", model, optimizer=opt)
-    file = ck.export_book("orig", tmp_path, with_optimizer=True)
-    ck.import_book(file, "back", tiny_config(tie_weights=True))
+    file = interop.export_book("orig", tmp_path, with_optimizer=True)
+    interop.import_book(file, "back", tiny_config(tie_weights=True, vocab_size=257))
     loaded = ck.load_checkpoint("back", load_optimizer=True)
     assert_same_weights(model, loaded.model)
     fresh = torch.optim.AdamW(loaded.model.parameters())

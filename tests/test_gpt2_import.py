@@ -37,7 +37,7 @@ TEXT = ("Every effort moves you forward, and every step of the journey teaches s
 # ---------------------------------------------------------------------------------------------
 
 
-def make_hf(n_embd=32, n_layer=2, n_head=4, n_positions=64, vocab_size=1000, seed=0, **extra):
+def make_hf(n_embd=32, n_layer=2, n_head=4, n_positions=64, vocab_size=50257, seed=0, **extra):
     cfg = GPT2Config(n_embd=n_embd, n_layer=n_layer, n_head=n_head, n_positions=n_positions,
                      vocab_size=vocab_size, bos_token_id=0, eos_token_id=0, initializer_range=0.1, **extra)
     torch.manual_seed(seed)
@@ -99,8 +99,8 @@ def run_cli(*args: str, env: dict[str, str] | None = None, drop: tuple[str, ...]
 # ---------------------------------------------------------------------------------------------
 
 SHAPES = [
-    dict(n_embd=32, n_layer=2, n_head=4, n_positions=64, vocab_size=1000),
-    dict(n_embd=48, n_layer=3, n_head=3, n_positions=96, vocab_size=1000),
+    dict(n_embd=32, n_layer=2, n_head=4, n_positions=64, vocab_size=50304),  # padded, as nanoGPT does
+    dict(n_embd=48, n_layer=3, n_head=3, n_positions=96, vocab_size=257),  # the bytes tokenizer's
     dict(n_embd=64, n_layer=1, n_head=8, n_positions=128, vocab_size=50257),
 ]
 
@@ -112,7 +112,8 @@ def test_imported_model_matches_transformers(tmp_path, layout, shape):
     folder = tmp_path / "model"
     save_safetensors(hf, folder) if layout == "safetensors" else save_bin(hf, folder)
 
-    result = gi.import_gpt2(folder, "imported")
+    tokenizer = "bytes" if shape["vocab_size"] == 257 else "gpt2"
+    result = gi.import_gpt2(folder, "imported", tokenizer=tokenizer)
     loaded = checkpoints.load_checkpoint("imported")  # the ordinary checkpoint, read back
     ours = loaded.model.eval()
     cfg = loaded.config
@@ -141,7 +142,7 @@ def test_imported_model_matches_transformers(tmp_path, layout, shape):
         assert ours_tokens == gen[0, len(prompt):].tolist()
 
     meta = loaded.meta
-    assert meta["source"] == "imported-gpt2" and meta["tokenizer"] == "gpt2"
+    assert meta["source"] == "imported-gpt2" and meta["tokenizer"] == tokenizer
     assert meta["origin"] == {"type": "dir", "path": str(folder.resolve())}
     assert meta["gpt2_size"] is None  # not one of OpenAI's shapes
     assert meta["weights_format"] == layout and not meta["has_optimizer"]

@@ -120,7 +120,7 @@ async def submit(dialog: ImportDialog, pilot) -> None:
     await pilot.pause()
 
 
-def make_hf_folder(folder, vocab_size: int = 300):
+def make_hf_folder(folder, vocab_size: int = 50257):  # the gpt2 tokenizer's: smaller ones are refused
     """A small random GPT-2 saved by transformers (as tests/test_gpt2_import.py makes them)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -263,6 +263,7 @@ async def test_export_writes_the_books_file_and_it_imports_back(tmp_path):
         field = dialog.query_one("#export-path", Input)
         assert field.value == "./tiny.pth"
         out = tmp_path / "out" / "model.pth"
+        out.parent.mkdir()  # export does not create folders
         field.value = str(out)
         field.focus()
         await pilot.press("enter")
@@ -409,7 +410,7 @@ async def test_continue_training_and_generate_hand_over_the_checkpoint():
 
 async def test_cancel_stops_a_running_import(tmp_path):
     """The Cancel button sets the job's event; the engine stops at its next check and saves nothing."""
-    folder = make_hf_folder(tmp_path / "hf", vocab_size=300)
+    folder = make_hf_folder(tmp_path / "hf")
     app = create_app(settings=SMALL)
     async with app.run_test(size=(120, 40)) as pilot:
         screen = await open_screen(app, pilot)

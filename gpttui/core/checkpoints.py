@@ -1,4 +1,5 @@
 """Checkpoint files: what a checkpoint folder holds, safe loading, weights to and from disk.
+(The book's ``.pth`` files and GPT-2 weights: :mod:`gpttui.core.interop`, :mod:`gpttui.core.gpt2_import`.)
 
 A checkpoint is a folder ``<checkpoints dir>/<name>/`` holding
 
@@ -20,8 +21,6 @@ default store.
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import dataclasses
 import datetime as _dt
 import json
@@ -30,7 +29,6 @@ import os
 import pickle
 import random
 import re
-import secrets
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -39,17 +37,15 @@ import torch
 from torch import nn
 
 from gpttui.core import paths
-from gpttui.core.config import GPT2_SHAPES, GPTConfig
-from gpttui.core.errors import CheckpointError, ConfigError
-from gpttui.core.model import GPTModel, book_state_dict
+from gpttui.core.config import GPTConfig
+from gpttui.core.errors import CheckpointError
+from gpttui.core.model import GPTModel
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
 TRAINER_STATE_FILE = "trainer_state.pt"
 META_FILE = "meta.json"
-BOOK_MODEL_FILE = "model.pth"
-BOOK_MODEL_AND_OPTIMIZER_FILE = "model_and_optimizer.pth"
 
 SOURCES = ("trained", "imported-gpt2", "imported-book")
 MAX_NAME_LENGTH = 100
@@ -480,185 +476,10 @@ def __getattr__(attr: str) -> Any:  # types that live in the store module
     raise AttributeError(attr)
 
 
-# ---------------------------------------------------------------------------------------------
-# The book's files
-# ---------------------------------------------------------------------------------------------
-
-
-def _book_optimizer_state(state: dict[str, Any], model: GPTModel) -> dict[str, Any]:
-    """Our optimizer state for the book's model, whose ``out_head`` is never tied to ``tok_emb``.
-
-    Untied: unchanged. Tied: the book's optimizer has one more parameter (``out_head.weight``, last
-    in ``model.parameters()`` order); it gets a copy of the shared weight's state.
-    """
-    if not model.cfg.tie_weights:
-        return state
-    groups = state["param_groups"]
-    n_ours = len(list(model.parameters()))
-    ids = [i for g in groups for i in g["params"]]
-    if len(groups) != 1 or len(ids) != n_ours:
-        raise CheckpointError(
-            "This checkpoint ties out_head to tok_emb and its optimizer was not built as "
-            "AdamW(model.parameters()), so its state cannot be mapped onto the book's untied model; "
-            "export without the optimizer.")
-    state = copy.deepcopy(state)
-    tok_emb_id = groups[0]["params"][0]  # tok_emb.weight is the first parameter
-    new_id = max(ids) + 1
-    state["param_groups"][0]["params"] = list(groups[0]["params"]) + [new_id]
-    if tok_emb_id in state["state"]:
-        state["state"][new_id] = copy.deepcopy(state["state"][tok_emb_id])
-    return state
-
-
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
-    try:
-        _torch_save(obj, tmp)
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        if isinstance(e, OSError):
-            raise CheckpointError(f"Could not write {path}: {e}") from e
-        raise
-
-
-def export_book(name: str, path: str | os.PathLike[str], with_optimizer: bool = False) -> Path:
-    """Write checkpoint ``name`` as the book saves it: ``model.pth`` (``model.state_dict()``) or, with
-    the optimizer, ``model_and_optimizer.pth`` (``{"model_state_dict", "optimizer_state_dict"}``).
-
-    ``path`` is the file to write, or an existing folder to write the book's file name into. The
-    state dict has the book's exact keys (``att.mask`` buffers included) and loads strictly into the
-    book's ``GPTModel``. Returns the file written.
-    """
-    loaded = load_checkpoint(name, load_optimizer=with_optimizer)
-    out = Path(path).expanduser()
-    if out.is_dir():
-        out = out / (BOOK_MODEL_AND_OPTIMIZER_FILE if with_optimizer else BOOK_MODEL_FILE)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    state = book_state_dict(loaded.model)
-    if with_optimizer:
-        if loaded.optimizer_state is None:
-            raise CheckpointError(f"Checkpoint {name!r} has no optimizer state; export it without the "
-                                  "optimizer.")
-        obj: Any = {"model_state_dict": state,
-                    "optimizer_state_dict": _book_optimizer_state(loaded.optimizer_state, loaded.model)}
-    else:
-        obj = state
-    _atomic_torch_save(obj, out)
-    return out
-
-
-def _gpt2_heads(emb_dim: int) -> int | None:
-    return next((s["n_heads"] for s in GPT2_SHAPES.values() if s["emb_dim"] == emb_dim), None)
-
-
-def _read_book_file(path: Path) -> tuple[dict[str, torch.Tensor], Any]:
-    """The model state dict (clean keys, no ``att.mask``) and optimizer state (or ``None``) of the
-    book's ``model.pth`` / ``model_and_optimizer.pth``."""
-    obj = safe_torch_load(path)
-    opt_state = None
-    if isinstance(obj, dict) and "model_state_dict" in obj:
-        state, opt_state = obj["model_state_dict"], obj.get("optimizer_state_dict")
-    else:
-        state = obj
-    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path} does not hold a model state_dict (a dict of tensors), nor a "
-                              "{'model_state_dict': ..., 'optimizer_state_dict': ...} dict.")
-    state = {k: v for k, v in clean_state_dict(state).items() if not k.endswith(".att.mask")}
-    return state, opt_state
-
-
-def infer_book_config(source: str | os.PathLike[str] | Mapping[str, torch.Tensor], *,
-                      n_heads: int | None = None) -> GPTConfig:
-    """A config from the tensor shapes of a book file (path) or state dict (clean keys).
-
-    ``n_heads`` cannot be seen in the shapes: given, it is used; otherwise it comes from the GPT-2
-    table by ``emb_dim`` (768, 1024, 1280, 1600), and any other width is an error. ``drop_rate`` is
-    the default (it changes no weights)."""
-    state = _read_book_file(Path(source))[0] if isinstance(source, (str, os.PathLike)) else source
-    if "tok_emb.weight" not in state or "pos_emb.weight" not in state:
-        raise CheckpointError("Not a GPT model state_dict from the book: tok_emb.weight / pos_emb.weight "
-                              "are missing.")
-    vocab_size, emb_dim = state["tok_emb.weight"].shape
-    context_length = state["pos_emb.weight"].shape[0]
-    blocks = {int(m.group(1)) for k in state if (m := re.match(r"trf_blocks\.(\d+)\.", k))}
-    n_layers = max(blocks) + 1 if blocks else 0
-    n_heads = n_heads or _gpt2_heads(int(emb_dim))
-    if n_heads is None:
-        raise CheckpointError(
-            f"Cannot infer the number of attention heads from the weights (emb_dim {emb_dim} is not a "
-            "GPT-2 size: 768, 1024, 1280, 1600); give n_heads (or the whole model config) to import it.")
-    qkv_bias = "trf_blocks.0.att.W_query.bias" in state
-    head = state.get("out_head.weight")
-    tie = head is None or (tuple(head.shape) == tuple(state["tok_emb.weight"].shape)
-                           and torch.equal(head, state["tok_emb.weight"]))
-    try:
-        return GPTConfig(vocab_size=int(vocab_size), context_length=int(context_length),
-                         emb_dim=int(emb_dim), n_heads=n_heads, n_layers=n_layers, qkv_bias=qkv_bias,
-                         tie_weights=tie)
-    except ConfigError as e:
-        raise CheckpointError(f"The weights do not describe a usable model: {e}") from e
-
-
-def _import_optimizer_state(opt: Any, model: GPTModel, notes: list[str]) -> dict[str, Any] | None:
-    """The book's optimizer state, if it fits ``model``'s parameters (else ``None`` and a note)."""
-    if not isinstance(opt, dict) or "state" not in opt or not isinstance(opt.get("param_groups"), list):
-        notes.append("optimizer_state_dict was not an optimizer state and was not imported.")
-        return None
-    n_ours = len(list(model.parameters()))
-    ids = [i for g in opt["param_groups"] for i in g.get("params", [])]
-    if len(ids) == n_ours:
-        return opt
-    if model.cfg.tie_weights and len(ids) == n_ours + 1 and len(opt["param_groups"]) == 1:
-        # The book's separate out_head.weight (last parameter) is now tied to tok_emb: drop its state.
-        opt = copy.deepcopy(opt)
-        dropped = opt["param_groups"][0]["params"].pop()
-        opt["state"].pop(dropped, None)
-        notes.append("out_head.weight equals tok_emb.weight, so they were tied; the optimizer state of "
-                     "the separate out_head.weight was dropped.")
-        return opt
-    notes.append(f"The optimizer state has {len(ids)} parameters, the model {n_ours}; it was not imported.")
-    return None
-
-
-def import_book(path: str | os.PathLike[str], name: str, config: GPTConfig | None = None, *,
-                n_heads: int | None = None, tokenizer: str | None = "gpt2", overwrite: bool = False) -> Path:
-    """Import the book's ``model.pth`` or ``model_and_optimizer.pth`` as checkpoint ``name``.
-
-    Read with ``torch.load(weights_only=True)``; wrapper prefixes and ``att.mask`` buffers dropped;
-    the config inferred from the shapes unless given (``n_heads`` helps the inference for widths
-    that are not GPT-2's). Saved with source ``"imported-book"`` (with the optimizer state when the
-    file has one that fits). Returns the checkpoint folder.
-    """
-    path = Path(path).expanduser()
-    validate_name(name)
-    if not overwrite and checkpoint_exists(name):
-        raise CheckpointError(f"Checkpoint {name!r} already exists; choose another name.")
-    state, opt_state = _read_book_file(path)
-    cfg = config if config is not None else infer_book_config(state, n_heads=n_heads)
-    if cfg.tie_weights:
-        head = state.get("out_head.weight")
-        if head is not None and not (head.shape == state["tok_emb.weight"].shape
-                                     and torch.equal(head, state["tok_emb.weight"])):
-            raise CheckpointError(f"{path}: the config ties out_head to tok_emb, but out_head.weight "
-                                  "differs from tok_emb.weight.")
-        state["out_head.weight"] = state["tok_emb.weight"]
-    model = _model_from_tensors(cfg, state, str(path))
-    notes: list[str] = []
-    opt = _import_optimizer_state(opt_state, model, notes) if opt_state is not None else None
-    meta: dict[str, Any] = {"source": "imported-book", "imported_from": str(path.resolve()),
-                            "tokenizer": tokenizer}
-    if notes:
-        meta["notes"] = notes
-    return save_checkpoint(name, model, optimizer=opt, meta=meta, overwrite=overwrite)
-
-
 __all__ = [
     "FORMAT_VERSION", "MODEL_FILE", "OPTIMIZER_FILE", "TRAINER_STATE_FILE", "META_FILE", "SOURCES",
     "DEFAULT_META", "validate_name", "checkpoint_path",
     "checkpoint_exists", "safe_torch_load", "unwrap_model", "clean_state_dict", "capture_rng_state",
     "restore_rng_state", "save_checkpoint", "load_checkpoint", "read_meta", "list_checkpoints", "show",
-    "rename_checkpoint", "delete_checkpoint", "export_book", "import_book", "infer_book_config",
+    "rename_checkpoint", "delete_checkpoint",
 ]

@@ -20,6 +20,11 @@ embedding and (tied) the output head; ``wpe`` the position embedding; the ``attn
 ``attn.masked_bias`` buffers are dropped. Every name and shape is checked from the file headers before
 any tensor is read; anything missing, unexpected or mis-shaped is reported at once and nothing is saved.
 
+Untrusted input: the config must not describe more weights than the files hold, its vocabulary must suit
+the tokenizer (gpt2: at least 50257), and every tensor passes :func:`interop.check_untrusted_tensors`
+(no expanded or overlapping tensors in a ``pytorch_model.bin``, no NaN/inf unless ``allow_nonfinite``)
+before it is copied. :func:`read_gpt2` returns the model and meta unsaved; :func:`import_gpt2` also saves.
+
 Memory: safetensors files are memory-mapped and opened once per tensor, so each source tensor's pages are
 released as soon as it is converted; converted tensors are written straight into their final place and
 the model is built on the meta device (no random initialisation), then saved with no further copy. The
@@ -45,7 +50,7 @@ from urllib.parse import urlparse
 import numpy as np
 import torch
 
-from gpttui.core import checkpoints
+from gpttui.core import checkpoints, interop
 from gpttui.core.config import GPT2_SHAPES, GPTConfig
 from gpttui.core.errors import CheckpointError, ConfigError
 from gpttui.core.model import GPTModel, count_parameters
@@ -536,21 +541,30 @@ class _SafetensorsReader(_Reader):
 
 
 class _TorchBinReader(_Reader):
+    """``pytorch_model.bin`` (shards): loaded whole, each file's tensors checked at once for expanded,
+    overlapping or more-than-the-file tensors (:func:`interop.check_untrusted_tensors`; values are checked
+    tensor by tensor in :func:`convert`)."""
+
     def __init__(self, files: list[Path]) -> None:
         self.where = str(files[0]) if len(files) == 1 else f"{files[0].parent} ({len(files)} shards)"
         self._tensors: dict[str, torch.Tensor] = {}
         for file in files:
-            obj = checkpoints.safe_torch_load(file)  # weights_only=True: code payloads are refused
+            obj = interop.load_untrusted_torch_file(file)  # weights_only=True: code payloads are refused
             if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
                 obj = obj["state_dict"]
             if not isinstance(obj, Mapping) or not obj:
                 raise CheckpointError(f"{file} does not hold a state_dict (a dict of tensors).")
+            mine: dict[str, torch.Tensor] = {}
             for raw, value in obj.items():
                 if not isinstance(raw, str) or not isinstance(value, torch.Tensor):
                     raise CheckpointError(f"{file} does not hold a state_dict: {raw!r} is a "
                                           f"{type(value).__name__}, not a tensor.")
                 _add_entry(self._tensors, raw, value, self.where)
+                mine[_canonical(raw)] = value
             del obj
+            # The causal-mask buffers are dropped unread, so they may be whatever they are.
+            interop.check_untrusted_tensors({k: v for k, v in mine.items() if not _IGNORED.fullmatch(k)},
+                                            file_size=file.stat().st_size, where=str(file), check_values=False)
 
     def entries(self) -> dict[str, tuple[tuple[int, ...], str]]:
         return {k: (tuple(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in self._tensors.items()}
@@ -742,12 +756,34 @@ def _build_model(cfg: GPTConfig, tensors: dict[str, torch.Tensor]) -> GPTModel:
     return model.eval()
 
 
+def _config_numel(cfg: GPTConfig) -> int:
+    """How many values the GPT-2 tensors of ``cfg`` hold (without ``lm_head``), by arithmetic."""
+    v, c, e, n = cfg.vocab_size, cfg.context_length, cfg.emb_dim, cfg.n_layers
+    return v * e + c * e + n * (12 * e * e + 13 * e) + 2 * e
+
+
+def _check_config_fits_files(cfg: GPTConfig, files: list[Path], where: str) -> None:
+    """Refuse a config that describes more weights than the files can hold (at 2 bytes a value, the
+    smallest float type accepted), before anything is built from it."""
+    size = 0
+    for f in files:
+        with contextlib.suppress(OSError):
+            size += f.stat().st_size
+    need = _config_numel(cfg) * 2
+    if need > size:
+        raise CheckpointError(
+            f"{where} describes {_config_numel(cfg):,} weights ({need / 1e9:.3g} GB at 16 bits), but the weight "
+            f"files hold {size / 1e9:.3g} GB; the config does not match the weights (a crafted or broken "
+            "folder). Nothing was imported.")
+
+
 def convert(reader: _Reader, cfg: GPTConfig, *, progress: ProgressFn | None = None,
-            cancel: threading.Event | None = None) -> tuple[GPTModel, list[str]]:
+            cancel: threading.Event | None = None, allow_nonfinite: bool = False) -> tuple[GPTModel, list[str]]:
     """Our model from a reader of GPT-2 tensors, checked first, converted one tensor at a time.
 
-    Returns the model (eval mode) and notes. ``cfg.tie_weights`` becomes false when the file has an
-    ``lm_head.weight`` that differs from ``wte``."""
+    Every tensor goes through :func:`interop.check_untrusted_tensors` (shape, layout, NaN/inf unless
+    ``allow_nonfinite``) before it is copied. Returns the model (eval mode) and notes.
+    ``cfg.tie_weights`` becomes false when the file has an ``lm_head.weight`` that differs from ``wte``."""
     expected = _expected(cfg)
     entries = reader.entries()
     has_head = _check(entries, expected, cfg, reader.where)
@@ -762,6 +798,9 @@ def convert(reader: _Reader, cfg: GPTConfig, *, progress: ProgressFn | None = No
         if cancel is not None and cancel.is_set():
             raise ImportCancelled("Import cancelled; nothing was imported.")
         t = reader.get(key)
+        notes += interop.check_untrusted_tensors(
+            {key: t}, {key: expected.get(key, (cfg.vocab_size, cfg.emb_dim))}, allow_nonfinite=allow_nonfinite,
+            where=reader.where)
         if key == "lm_head.weight":
             if torch.equal(t, out["tok_emb.weight"].to(t.dtype)):
                 cfg = cfg.replace(tie_weights=True)
@@ -817,18 +856,35 @@ class ImportResult:
     notes: list[str] = field(default_factory=list)
 
 
+def _weight_files(resolved: ResolvedSource) -> list[Path]:
+    if resolved.format == "tf":  # model.ckpt -> model.ckpt.data-00000-of-00001 ...
+        prefix = resolved.weight_files[0]
+        return sorted(prefix.parent.glob(prefix.name + ".data-*"))
+    return list(resolved.weight_files)
+
+
 def load_resolved(resolved: ResolvedSource, *, progress: ProgressFn | None = None,
-                  cancel: threading.Event | None = None) -> LoadedGPT2:
-    """Read, check and convert the files of ``resolved`` into a GPTModel (eval mode, float32, CPU)."""
+                  cancel: threading.Event | None = None, tokenizer: str | None = None,
+                  allow_nonfinite: bool = False) -> LoadedGPT2:
+    """Read, check and convert the files of ``resolved`` into a GPTModel (eval mode, float32, CPU).
+
+    The config is checked against the size of the weight files, and against ``tokenizer`` when given
+    (:func:`interop.check_tokenizer`), before any weights are read; every tensor is checked as it is
+    read (:func:`interop.check_untrusted_tensors`; NaN/inf refused unless ``allow_nonfinite``)."""
     if resolved.format == "tf":
         cfg = config_from_tf_hparams(_read_json(resolved.config_file), str(resolved.config_file))
-        reader: _Reader = _tf_reader(resolved)
     else:
         cfg = config_from_hf(_read_json(resolved.config_file), str(resolved.config_file))
+    if tokenizer is not None:
+        interop.check_tokenizer(cfg.vocab_size, tokenizer, str(resolved.config_file))
+    if resolved.format == "tf":
+        reader: _Reader = _tf_reader(resolved)
+    else:
         reader = (_SafetensorsReader(resolved.weight_files) if resolved.format == "safetensors"
                   else _TorchBinReader(resolved.weight_files))
     try:
-        model, notes = convert(reader, cfg, progress=progress, cancel=cancel)
+        _check_config_fits_files(cfg, _weight_files(resolved), str(resolved.config_file))
+        model, notes = convert(reader, cfg, progress=progress, cancel=cancel, allow_nonfinite=allow_nonfinite)
     finally:
         reader.close()
     size = resolved.size or infer_size(model.cfg)
@@ -838,61 +894,81 @@ def load_resolved(resolved: ResolvedSource, *, progress: ProgressFn | None = Non
 def load_gpt2(source: str | os.PathLike[str], *, cache_dir: str | os.PathLike[str] | None = None,
               endpoint: str | None = None, progress: ProgressFn | None = None,
               cancel: threading.Event | None = None, on_stage: StageFn | None = None,
-              local_files_only: bool = False) -> LoadedGPT2:
+              local_files_only: bool = False, allow_nonfinite: bool = False) -> LoadedGPT2:
     """GPT-2 from ``source`` (folder or size name, see :func:`resolve_source`) as a GPTModel, unsaved."""
     resolved = resolve_source(source, cache_dir=cache_dir, endpoint=endpoint, progress=progress,
                               cancel=cancel, on_stage=on_stage, local_files_only=local_files_only)
     if on_stage:
         on_stage(f"Converting {resolved.label}")
-    return load_resolved(resolved, progress=progress, cancel=cancel)
+    return load_resolved(resolved, progress=progress, cancel=cancel, allow_nonfinite=allow_nonfinite)
 
 
-def import_gpt2(source: str | os.PathLike[str], name: str, *, overwrite: bool = False,
-                cache_dir: str | os.PathLike[str] | None = None, endpoint: str | None = None,
-                progress: ProgressFn | None = None, cancel: threading.Event | None = None,
-                on_stage: StageFn | None = None, local_files_only: bool = False) -> ImportResult:
-    """Import GPT-2 from ``source`` as checkpoint ``name`` (source ``imported-gpt2``, tokenizer ``gpt2``).
+def read_gpt2(source: str | os.PathLike[str], *, tokenizer: str = "gpt2", allow_nonfinite: bool = False,
+              name_hint: str | None = None, cache_dir: str | os.PathLike[str] | None = None,
+              endpoint: str | None = None, progress: ProgressFn | None = None,
+              cancel: threading.Event | None = None, on_stage: StageFn | None = None,
+              local_files_only: bool = False) -> interop.ImportedModel:
+    """GPT-2 from ``source`` as an :class:`interop.ImportedModel` (model and meta), not saved.
 
     ``source`` is a folder (Hugging Face layout or OpenAI's TensorFlow checkpoint) or a size name
-    (``gpt2-small`` ... ``gpt2-xl``: Hugging Face cache, else the Hub). ``progress(done, total)`` follows
-    the download, then the conversion, in bytes (``on_stage(text)`` announces each stage); setting
-    ``cancel`` stops either (:class:`ImportCancelled`). Any problem raises :class:`CheckpointError`
-    and leaves no checkpoint behind. The checkpoint has no optimizer state, so ``train --resume``
-    continues pre-training with a fresh optimizer."""
-    start = time.monotonic()
-    checkpoints.validate_name(name)
-    if not overwrite and checkpoints.checkpoint_exists(name):
-        raise CheckpointError(f"Checkpoint {name!r} already exists; choose another name (or overwrite it).")
-    resolved = resolve_source(source, name=name, cache_dir=cache_dir, endpoint=endpoint, progress=progress,
+    (``gpt2-small`` ... ``gpt2-xl``: Hugging Face cache, else the Hub). The vocabulary must suit
+    ``tokenizer`` (gpt2: at least 50257 tokens); tensors are checked as :func:`load_resolved` says
+    (NaN/inf refused unless ``allow_nonfinite``). ``progress(done, total)`` follows the download, then
+    the conversion, in bytes (``on_stage(text)`` announces each stage); setting ``cancel`` stops either
+    (:class:`ImportCancelled`). ``name_hint`` only appears in the what-to-download message."""
+    resolved = resolve_source(source, name=name_hint, cache_dir=cache_dir, endpoint=endpoint, progress=progress,
                               cancel=cancel, on_stage=on_stage, local_files_only=local_files_only)
     if on_stage:
         on_stage(f"Converting {resolved.label}")
-    loaded = load_resolved(resolved, progress=progress, cancel=cancel)
+    loaded = load_resolved(resolved, progress=progress, cancel=cancel, tokenizer=tokenizer,
+                           allow_nonfinite=allow_nonfinite)
     if cancel is not None and cancel.is_set():
         raise ImportCancelled("Import cancelled; nothing was imported.")
     origin = loaded.origin
     meta: dict[str, Any] = {
         "source": SOURCE,
-        "tokenizer": "gpt2",
+        "tokenizer": tokenizer,
         "gpt2_size": loaded.size,
         "origin": origin,
         "imported_from": origin.get("repo_id") or origin.get("path"),
         "weights_format": resolved.format,
     }
     if loaded.notes:
-        meta["notes"] = loaded.notes
+        meta["notes"] = list(loaded.notes)
+    return interop.ImportedModel(model=loaded.model, meta=meta, notes=list(loaded.notes))
+
+
+def import_gpt2(source: str | os.PathLike[str], name: str, *, overwrite: bool = False, tokenizer: str = "gpt2",
+                allow_nonfinite: bool = False, cache_dir: str | os.PathLike[str] | None = None,
+                endpoint: str | None = None, progress: ProgressFn | None = None,
+                cancel: threading.Event | None = None, on_stage: StageFn | None = None,
+                local_files_only: bool = False) -> ImportResult:
+    """:func:`read_gpt2`, then save as checkpoint ``name`` (source ``imported-gpt2``); the checkpoint
+    store refuses an existing name unless ``overwrite``.
+
+    Any problem raises :class:`CheckpointError` and leaves no checkpoint behind. The checkpoint has no
+    optimizer state, so ``train --resume`` continues pre-training with a fresh optimizer."""
+    start = time.monotonic()
+    checkpoints.validate_name(name)
+    if not overwrite and checkpoints.checkpoint_exists(name):  # early, before a download or a big read
+        raise CheckpointError(f"Checkpoint {name!r} already exists; choose another name (or overwrite it).")
+    imported = read_gpt2(source, tokenizer=tokenizer, allow_nonfinite=allow_nonfinite, name_hint=name,
+                         cache_dir=cache_dir, endpoint=endpoint, progress=progress, cancel=cancel,
+                         on_stage=on_stage, local_files_only=local_files_only)
+    meta = imported.meta
     if on_stage:
         on_stage(f"Saving checkpoint {name!r}")
-    n_params = count_parameters(loaded.model)
-    path = checkpoints.save_checkpoint(name, loaded.model, meta=meta, overwrite=overwrite)
-    cfg = loaded.config
-    del loaded
-    return ImportResult(name=name, path=path, config=cfg, size=meta["gpt2_size"], origin=origin,
+    n_params = count_parameters(imported.model)
+    path = checkpoints.save_checkpoint(name, imported.model, meta=meta, overwrite=overwrite)
+    cfg = imported.config
+    del imported
+    return ImportResult(name=name, path=path, config=cfg, size=meta["gpt2_size"], origin=meta["origin"],
                         parameter_count=n_params, seconds=time.monotonic() - start, notes=meta.get("notes", []))
 
 
 __all__ = [
     "SIZE_REPOS", "HUB_FILES", "SOURCE", "ImportCancelled", "ResolvedSource", "LoadedGPT2", "ImportResult",
     "size_name", "repo_urls", "resolve_source", "config_from_hf", "config_from_tf_hparams", "infer_size",
-    "tf_name_to_hf", "convert", "model_from_tf_variables", "load_resolved", "load_gpt2", "import_gpt2",
+    "tf_name_to_hf", "convert", "model_from_tf_variables", "load_resolved", "load_gpt2", "read_gpt2",
+    "import_gpt2",
 ]

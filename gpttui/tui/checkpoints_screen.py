@@ -31,7 +31,7 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import Button, Checkbox, DataTable, Footer, Header, Input, Label, ProgressBar, Select, Static
 from textual.widgets.data_table import CellDoesNotExist
 
-from gpttui.core import checkpoints
+from gpttui.core import checkpoints, interop
 from gpttui.core.units import format_bytes as human_bytes, format_count as human_count
 from gpttui.core.errors import GPTTUIError
 from gpttui.core.train import CheckpointEvent, FinishedEvent
@@ -351,7 +351,8 @@ class ConfirmDialog(CheckpointDialog):
 
 
 class ExportDialog(CheckpointDialog):
-    """Where to write the book's file; dismisses with ``(path, with_optimizer)``."""
+    """Where to write the book's file; dismisses with ``(path, with_optimizer, force)``, ``force`` when
+    the user confirmed replacing an existing file."""
 
     def __init__(self, name: str, has_optimizer: bool) -> None:
         super().__init__()
@@ -378,12 +379,16 @@ class ExportDialog(CheckpointDialog):
         if not text:
             self.show_error("Give a file to write (for example ./model.pth).")
             return
+        with_optimizer = self.query_one("#export-optimizer", Checkbox).value
         path = Path(text).expanduser()
-        if path.exists() and path.is_file() and self._overwrite_ok != text:
-            self._overwrite_ok = text
+        if path.is_dir():
+            path = path / (interop.BOOK_MODEL_AND_OPTIMIZER_FILE if with_optimizer else interop.BOOK_MODEL_FILE)
+        key = f"{text}\0{with_optimizer}"
+        if path.is_file() and self._overwrite_ok != key:
+            self._overwrite_ok = key
             self.show_error(f"{path} exists; press Export again to replace it.")
             return
-        self.dismiss((text, self.query_one("#export-optimizer", Checkbox).value))
+        self.dismiss((text, with_optimizer, self._overwrite_ok == key))
 
 
 class ImportDialog(CheckpointDialog):
@@ -818,14 +823,14 @@ class CheckpointsScreen(Screen):
             return
         name = info.name
 
-        def answered(result: tuple[str, bool] | None) -> None:
+        def answered(result: tuple[str, bool, bool] | None) -> None:
             if not result:
                 return
-            path, with_optimizer = result
+            path, with_optimizer, force = result
 
             def job(progress, cancel, stage) -> tuple[str, str | None]:
                 stage(f"Exporting {name!r}")
-                out = checkpoints.export_book(name, path, with_optimizer=with_optimizer)
+                out = interop.export_book(name, path, with_optimizer=with_optimizer, force=force)
                 what = "model and optimizer" if with_optimizer else "model.state_dict()"
                 return (f"Exported {name!r} to {out} ({what}; load it with torch.load(..., weights_only=True) "
                         "and the book's GPTModel.load_state_dict)."), None
@@ -874,14 +879,12 @@ class CheckpointsScreen(Screen):
         if request.kind == "book":
             def job(progress, cancel, stage):
                 stage(f"Reading {Path(path).name}")
-                cfg = None
-                tokenizer = request.tokenizer
-                if tokenizer == "auto":
-                    cfg = checkpoints.infer_book_config(path, n_heads=request.heads)
-                    tokenizer = "bytes" if cfg.vocab_size == 257 else "gpt2"
+                tokenizer = None if request.tokenizer == "auto" else request.tokenizer  # None: from the vocabulary
+                imported = interop.read_book(path, n_heads=request.heads, tokenizer=tokenizer)
                 stage(f"Saving {name!r}")
-                checkpoints.import_book(path, name, cfg, n_heads=request.heads, tokenizer=tokenizer)
-                return f"Imported {path} as {name!r} ({tokenizer} tokenizer).", name
+                checkpoints.save_checkpoint(name, imported.model, optimizer=imported.optimizer_state,
+                                            meta=imported.meta, overwrite=False)
+                return f"Imported {path} as {name!r} ({imported.meta['tokenizer']} tokenizer).", name
             title = f"Import {Path(path).name}"
         elif request.kind in ("hf", "size"):
             source = path if request.kind == "hf" else request.size
