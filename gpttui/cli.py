@@ -155,6 +155,7 @@ TRAIN_FIELDS = ("epochs", "max_steps", "lr", "min_lr", "weight_decay", "warmup_s
 
 def cmd_train(args: argparse.Namespace) -> int:
     from gpttui.core.data import prepare_data
+    from gpttui.core.resources import preflight_training
     from gpttui.core.tokenizer import get_tokenizer
     from gpttui.core.train import (CheckpointEvent, EvalEvent, FailedEvent, FinishedEvent, SampleEvent,
                                    Started, StateEvent, StepEvent, TrainConfig, TrainControl, Trainer)
@@ -191,6 +192,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     values["save_name"] = args.save
     config = TrainConfig.from_dict(values)
     model_config = None if args.resume else _model_config(args, tokenizer.vocab_size)
+    if model_config is not None:  # refused with the numbers before anything is built
+        preflight_training(model_config, settings.batch_size, config.device, settings.context_length)
 
     control = TrainControl()
     caught: list[int] = []

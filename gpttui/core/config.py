@@ -75,6 +75,9 @@ GPT2_SHAPES: dict[str, dict[str, int]] = {
     "gpt2-xl": {"emb_dim": 1600, "n_layers": 48, "n_heads": 25},  # 1558M
 }
 
+# GPT-2 has 1024 positions: a GPT-2 shape is kept to that (its imported weights have no more).
+GPT2_MAX_CONTEXT = 1024
+
 # Small shapes that learn something in minutes on a laptop CPU.
 CPU_SHAPES: dict[str, dict[str, Any]] = {
     "tiny": {"emb_dim": 128, "n_layers": 2, "n_heads": 4, "context_length": 128, "tie_weights": True},
@@ -92,7 +95,8 @@ PRESETS: dict[str, str] = {
 
 
 def preset(name: str, **overrides: Any) -> GPTConfig:
-    """A named model shape; keyword arguments override any field (e.g. ``vocab_size=257``)."""
+    """A named model shape; keyword arguments override any field (e.g. ``vocab_size=257``). A GPT-2
+    shape takes a context of at most :data:`GPT2_MAX_CONTEXT` (1024) tokens."""
     if name in GPT2_SHAPES:
         base: dict[str, Any] = dict(GPT2_SHAPES[name], context_length=256)
     elif name in CPU_SHAPES:
@@ -100,6 +104,10 @@ def preset(name: str, **overrides: Any) -> GPTConfig:
     else:
         raise ConfigError(f"Unknown preset {name!r}; choose one of: {', '.join(PRESETS)}.")
     base.update({k: v for k, v in overrides.items() if v is not None})
+    context = base.get("context_length")
+    if name in GPT2_SHAPES and isinstance(context, int) and context > GPT2_MAX_CONTEXT:
+        raise ConfigError(f"The {name} preset takes a context length of at most {GPT2_MAX_CONTEXT} tokens, as "
+                          f"GPT-2 (got {context:,}); lower the context length.")
     return GPTConfig(**base)
 
 
@@ -114,4 +122,4 @@ GPT_CONFIG_124M: dict[str, Any] = {
     "qkv_bias": False,
 }
 
-__all__ = ["GPTConfig", "preset", "PRESETS", "GPT2_SHAPES", "GPT_CONFIG_124M", "BOOK_KEYS"]
+__all__ = ["GPTConfig", "preset", "PRESETS", "GPT2_SHAPES", "GPT2_MAX_CONTEXT", "GPT_CONFIG_124M", "BOOK_KEYS"]

@@ -16,9 +16,10 @@ import hashlib
 import json
 import math
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -73,6 +74,36 @@ def _decode(path: Path, data: bytes) -> tuple[str, int]:
     return text, replaced
 
 
+_FILE_KINDS = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+               (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"))
+
+
+def _not_regular(path: Path, mode: int) -> DataError:
+    kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+    return DataError(f"{path} is {kind}, not a text file: give a regular text file, a folder of .txt/.md "
+                     "files, or builtin:pydoc.")
+
+
+def _read_regular(path: Path) -> bytes:
+    """The bytes of a regular file. Anything else (a device such as /dev/zero, which never ends; a FIFO,
+    which blocks until a writer comes) is refused by its ``stat`` before it is opened, and again by
+    ``fstat`` once open (without blocking: O_NONBLOCK), in case the path was swapped in between."""
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        raise _not_regular(path, mode)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise _not_regular(path, mode)
+        with os.fdopen(fd, "rb") as f:
+            fd = -1
+            return f.read()
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
 def _builtin_pydoc() -> str:
     from pydoc_data import topics
 
@@ -93,12 +124,22 @@ def read_corpus(spec: str | os.PathLike) -> Corpus:
                           text[:text.index("\n", 20_479) + 1])
         raise DataError(f"Unknown built-in corpus {spec!r}; available: {', '.join(BUILTIN_SOURCES)}.")
     path = Path(spec).expanduser()
-    if not path.exists():
-        raise DataError(f"{path} does not exist.")
     try:
-        if path.is_dir():
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise DataError(f"{path} does not exist.") from None
+    except PermissionError:
+        raise DataError(f"{path} cannot be read (permission denied).") from None
+    except OSError as exc:
+        raise DataError(f"{path} cannot be read: {exc.strerror or exc}.") from None
+    except ValueError:  # e.g. a NUL character in the name
+        raise DataError(f"{spec!r} is not a valid path.") from None
+    if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+        raise _not_regular(path, mode)
+    try:
+        if stat.S_ISDIR(mode):
             return _read_folder(spec, path)
-        data = path.read_bytes()
+        data = _read_regular(path)
     except PermissionError:
         raise DataError(f"{path} cannot be read (permission denied).") from None
     except OSError as exc:
@@ -123,7 +164,7 @@ def _read_folder(spec: str, root: Path) -> Corpus:
     docs, warnings, replaced = [], [], 0
     for p in files:
         try:
-            data = p.read_bytes()
+            data = _read_regular(p)
             if not data.strip():
                 continue
             text, r = _decode(p, data)
@@ -270,7 +311,8 @@ class TokenWindows(torch.utils.data.Dataset):
         self.stride = stride
         n = int(tokens.shape[0])
         self._len = max(0, math.ceil((n - max_length) / stride))
-        self._offsets = np.arange(max_length + 1, dtype=np.int64)
+        # Sized by what can be used: a context longer than the text gives no window at all.
+        self._offsets = np.arange(min(max_length, n) + 1, dtype=np.int64)
 
     def __len__(self) -> int:
         return self._len
@@ -349,7 +391,36 @@ class DataSettings:
 
     @property
     def effective_stride(self) -> int:
-        return self.stride or self.context_length
+        return self.context_length if self.stride is None else self.stride
+
+    def problems(self) -> list[str]:
+        """What is wrong with these settings, one readable line each (empty when all is well)."""
+        p: list[str] = []
+
+        def whole(value: Any) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool)
+
+        if not whole(self.context_length) or self.context_length < 1:
+            p.append(f"context length must be a whole number >= 1 (got {self.context_length!r})")
+        if self.stride is not None and (not whole(self.stride) or self.stride < 1):
+            p.append(f"stride must be a whole number >= 1, or empty for the default, the context length "
+                     f"(got {self.stride!r})")
+        if not whole(self.batch_size) or self.batch_size < 1:
+            p.append(f"batch size must be a whole number >= 1 (got {self.batch_size!r})")
+        ratio = self.train_ratio
+        if (not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or not math.isfinite(ratio)
+                or not 0.0 < ratio <= 1.0):
+            p.append(f"train ratio must be a number in (0, 1] (got {ratio!r})")
+        if not whole(self.seed):
+            p.append(f"seed must be a whole number (got {self.seed!r})")
+        return p
+
+    def validate(self) -> "DataSettings":
+        """Return self, or raise :class:`DataError` listing every invalid setting."""
+        problems = self.problems()
+        if problems:
+            raise DataError("Invalid data settings: " + "; ".join(problems) + ".")
+        return self
 
 
 @dataclass
@@ -385,7 +456,7 @@ def sanity_problems(train_tokens: int, val_tokens: int, s: DataSettings) -> list
     if train_windows < bs:
         # With the stride following the context length (stride None), a shorter context also shortens
         # the stride: then n > bs * L is what fits.
-        best = (train_tokens - 1) // bs if not s.stride else train_tokens - (bs - 1) * st - 1
+        best = (train_tokens - 1) // bs if s.stride is None else train_tokens - (bs - 1) * st - 1
         hint = f"lower the context length (at most {best} fits)" if best >= 1 else "use a larger corpus"
         problems.append(
             f"Not enough tokens for the training loader: the training split has {train_tokens:,} tokens, "
@@ -432,9 +503,7 @@ def prepare_data(settings: DataSettings, tokenizer: Tokenizer, corpus: Corpus | 
                  progress: ProgressFn | None = None, strict: bool = True) -> PreparedData:
     """Read, tokenize (cached), split and window a corpus; build the two loaders and the stats.
     With ``strict``, a corpus too small for the settings raises DataError with the book's advice."""
-    s = settings
-    if s.context_length < 1 or s.effective_stride < 1 or s.batch_size < 1:
-        raise DataError("Context length, stride and batch size must be positive integers.")
+    s = settings.validate()
     corpus = corpus or read_corpus(s.source)
     tokenized = tokenize_corpus(corpus, tokenizer, progress=progress)
     train, val = tokenized.split(s.train_ratio)

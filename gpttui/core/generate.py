@@ -43,8 +43,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gpttui.core.config import GPTConfig
 from gpttui.core.errors import ConfigError
-from gpttui.core.model import GPTModel, MultiHeadAttention
+from gpttui.core.model import GPTModel, MultiHeadAttention, generation_memory_estimate
+from gpttui.core.resources import check_fits
 from gpttui.core.tokenizer import StreamDecoder, Tokenizer
 
 EOT = "eot"
@@ -276,6 +278,19 @@ def _context_length(model: nn.Module) -> int:
     if cfg is not None:
         return int(cfg.context_length)
     return int(model.pos_emb.num_embeddings)  # the book's GPTModel has no cfg
+
+
+def _shape(model: nn.Module) -> GPTConfig | None:
+    """The model's GPTConfig (read off the modules for the book's GPTModel, which has none)."""
+    cfg = getattr(model, "cfg", None)
+    if isinstance(cfg, GPTConfig):
+        return cfg
+    try:
+        return GPTConfig(vocab_size=int(model.tok_emb.num_embeddings), context_length=int(model.pos_emb.num_embeddings),
+                         emb_dim=int(model.tok_emb.embedding_dim), n_heads=int(model.trf_blocks[0].att.num_heads),
+                         n_layers=len(model.trf_blocks), drop_rate=0.0)
+    except (AttributeError, IndexError, TypeError, ConfigError):
+        return None
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -523,10 +538,36 @@ class _Job:
         self.vocab_limit = vocab_limit
         self.device = _device(self.model)
         self.ctx = _context_length(self.model)
+        self._check_size()
         self.timer = _Timer()
         self.seed = cfg.seed
         if not cfg.greedy and self.seed is None:
             self.seed = secrets.randbits(63)
+
+    def _check_size(self) -> None:
+        """Refuse settings that cannot fit before anything is allocated: beams far beyond any use, or
+        beams whose caches and scores need more memory than is free. (``max_new_tokens`` has no bound:
+        nothing is sized by it, the output streams until it is stopped.)"""
+        vocab = _vocab_size(self.model)
+        beams = self.cfg.num_beams
+        if beams > vocab * vocab:
+            raise ConfigError(f"num_beams ({beams:,}) is beyond any use for a vocabulary of {vocab:,} tokens "
+                              f"(at most {vocab * vocab:,}, its square); use fewer beams (a handful is usual).")
+        shape = _shape(self.model)
+        if shape is None:
+            return
+        rows, reachable = 1, 1  # live beams: at most vocab ** steps of them
+        if beams > 1:
+            for _ in range(min(self.cfg.max_new_tokens, 64)):
+                reachable *= vocab
+                if reachable >= beams:
+                    break
+            rows = min(beams, reachable)
+        param = next(self.model.parameters(), None)
+        width = param.element_size() if param is not None and param.is_floating_point() else 4
+        needed = generation_memory_estimate(shape, rows, width)
+        what = f"Beam search with {beams:,} beams" if beams > 1 else "Generation"
+        check_fits(needed, self.device, what, "use fewer beams" if beams > 1 else "")
 
     def cancelled(self) -> bool:
         return self.cancel is not None and self.cancel.is_set()
@@ -559,7 +600,13 @@ def _sampling_loop(job: _Job) -> Iterator[_Step]:
     """Greedy or sampled tokens, one at a time; returns the stop reason."""
     cfg, model = job.cfg, job.model
     n_prompt = len(job.prompt_ids)
-    seq = torch.empty(1, n_prompt + cfg.max_new_tokens, dtype=torch.long, device=job.device)
+    # The tokens so far, in a buffer sized by the context, not by max_new_tokens (which may be huge: the
+    # output then streams until stopped). When it is full, only the last context_length + 1 tokens are
+    # kept: the model never sees more than the last context_length (and the runner, which has seen more
+    # than that already, keeps running windows).
+    keep = job.ctx + 1
+    capacity = n_prompt + min(cfg.max_new_tokens, 2 * keep)
+    seq = torch.empty(1, capacity, dtype=torch.long, device=job.device)
     seq[0, :n_prompt] = torch.tensor(job.prompt_ids, dtype=torch.long)
     length = n_prompt
     runner = _Runner(model, job.ctx, cfg.use_cache)
@@ -585,6 +632,9 @@ def _sampling_loop(job: _Job) -> Iterator[_Step]:
                 token = int(sample_from(probs[None], generator)[0])
                 step = job.details(probs, token) if job.n_alt else _Step(token)
             if token != job.eos_id:
+                if length == capacity:
+                    seq[0, :keep] = seq[0, length - keep:length].clone()
+                    length = keep
                 seq[0, length] = token
                 length += 1
                 if present is not None:
@@ -660,6 +710,8 @@ def _beam_search(job: _Job) -> tuple[list[_Step], str, float]:
             index = torch.tensor(beam_idx, dtype=torch.long, device=job.device)
             tok_t = torch.tensor(tokens, dtype=torch.long, device=job.device)
             seqs = torch.cat([seqs.index_select(0, index), tok_t[:, None]], dim=1)
+            if seqs.shape[1] > job.ctx + 1:  # the runner has seen more than the context: windows from now on
+                seqs = seqs[:, -(job.ctx + 1):]
             sums = torch.tensor([s for _, _, s in chosen], dtype=torch.float64)
             if present is not None:
                 present = present.index_select(0, index)

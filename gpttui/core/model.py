@@ -233,6 +233,18 @@ def training_memory_estimate(cfg: GPTConfig, batch_size: int, bytes_per_param: i
     return params * 16 + cfg.n_layers * per_layer_act + logits
 
 
+def generation_memory_estimate(cfg: GPTConfig, rows: int = 1, bytes_per_value: int = 4) -> int:
+    """Rough bytes that generating ``rows`` sequences at once (beams) needs on top of the weights: per
+    row a KV cache of the whole context (twice, while beam search reorders it), the activations of a
+    full-context pass (generation past the context re-runs the last ``context_length`` tokens), and the
+    next-token scores (float and float64 copies of ``vocab_size`` logits)."""
+    t, e = cfg.context_length, cfg.emb_dim
+    kv = cfg.n_layers * 2 * t * e * bytes_per_value
+    window = 10 * t * e * bytes_per_value
+    scores = 40 * cfg.vocab_size
+    return rows * (2 * kv + window + scores + 16 * t)
+
+
 def book_state_dict(model: GPTModel) -> dict[str, torch.Tensor]:
     """Our weights under the book's exact keys, ``att.mask`` buffers included, untied copies."""
     cfg = model.cfg

@@ -65,28 +65,41 @@ class TrainConfig:
 
     def validate(self) -> None:
         problems = []
-        if self.epochs < 1:
-            problems.append("epochs must be at least 1")
-        if self.max_steps is not None and self.max_steps < 1:
-            problems.append("max steps must be at least 1")
-        if not self.lr > 0:
-            problems.append("learning rate must be positive")
-        if self.min_lr is not None and not 0 <= self.min_lr <= self.lr:
-            problems.append("min lr must be between 0 and lr")
-        if self.weight_decay < 0:
-            problems.append("weight decay must not be negative")
-        if self.warmup_steps < 0:
-            problems.append("warmup steps must not be negative")
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            problems.append("grad clip must be positive (or off)")
-        if self.grad_accum < 1:
-            problems.append("grad accumulation must be at least 1")
-        if self.eval_freq < 1 or self.eval_iter < 1:
-            problems.append("eval freq and eval iter must be at least 1")
+
+        def whole(value: Any) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool)
+
+        def finite(value: Any) -> bool:  # nan and inf are not: `not x > 0` lets inf through
+            return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+        if not whole(self.epochs) or self.epochs < 1:
+            problems.append(f"epochs must be a whole number >= 1 (got {self.epochs!r})")
+        if self.max_steps is not None and (not whole(self.max_steps) or self.max_steps < 1):
+            problems.append(f"max steps must be a whole number >= 1 (got {self.max_steps!r})")
+        if not finite(self.lr) or not self.lr > 0:
+            problems.append(f"learning rate must be a finite number > 0 (got {self.lr!r})")
+        if self.min_lr is not None:
+            if not finite(self.min_lr) or self.min_lr < 0:
+                problems.append(f"min lr must be a finite number >= 0 (got {self.min_lr!r})")
+            elif finite(self.lr) and self.min_lr > self.lr:
+                problems.append(f"min lr ({self.min_lr!r}) must not exceed the learning rate ({self.lr!r})")
+        if not finite(self.weight_decay) or self.weight_decay < 0:
+            problems.append(f"weight decay must be a finite number >= 0 (got {self.weight_decay!r})")
+        if not whole(self.warmup_steps) or self.warmup_steps < 0:
+            problems.append(f"warmup steps must be a whole number >= 0 (got {self.warmup_steps!r})")
+        if self.grad_clip is not None and (not finite(self.grad_clip) or not self.grad_clip > 0):
+            problems.append(f"grad clip must be a finite number > 0, or off (got {self.grad_clip!r})")
+        if not whole(self.grad_accum) or self.grad_accum < 1:
+            problems.append(f"grad accumulation must be a whole number >= 1 (got {self.grad_accum!r})")
+        if not whole(self.eval_freq) or not whole(self.eval_iter) or self.eval_freq < 1 or self.eval_iter < 1:
+            problems.append(f"eval freq and eval iter must be whole numbers >= 1 "
+                            f"(got {self.eval_freq!r} and {self.eval_iter!r})")
+        if not whole(self.sample_tokens):
+            problems.append(f"sample tokens must be a whole number, 0 for none (got {self.sample_tokens!r})")
         if self.dtype not in ("fp32", "bf16"):
             problems.append(f"dtype must be fp32 or bf16 (got {self.dtype!r})")
-        if self.checkpoint_every < 0:
-            problems.append("checkpoint-every must not be negative")
+        if not whole(self.checkpoint_every) or self.checkpoint_every < 0:
+            problems.append(f"checkpoint-every must be a whole number >= 0 (got {self.checkpoint_every!r})")
         if problems:
             raise ConfigError("Invalid training config: " + "; ".join(problems) + ".")
 
