@@ -553,16 +553,21 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         vocab = self.tokenizer.vocab_size
+        from gpttui.core.resources import preflight_training
+
         if self.resume:
             self._load_resume(vocab)
         else:
             assert self.model_config is not None
             if self.model_config.vocab_size != vocab:
                 self.model_config = self.model_config.replace(vocab_size=vocab)
+        # Sizes and the save name are checked before the model (and AdamW) take memory.
+        preflight_training(self.model_config, self.data.settings.batch_size, device, self.data.settings.context_length)
+        self._reserve_save_name()
+        if not self.resume:
             torch.manual_seed(cfg.seed)
             self.model = GPTModel(self.model_config)
             self._resume_opt, self._resume_rng = None, None
-        self._reserve_save_name()
         if self.model_config.context_length < self.data.settings.context_length:
             raise ConfigError(
                 f"The data's context length ({self.data.settings.context_length}) exceeds the model's "
