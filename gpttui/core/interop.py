@@ -531,16 +531,6 @@ def export_target(path: str | os.PathLike[str], with_optimizer: bool = False, *,
     return out
 
 
-def _fsync_dir(path: Path) -> None:
-    if os.name == "nt":  # directories cannot be opened for fsync on Windows
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_book_file(obj: Any, out: Path, *, force: bool) -> None:
     """``torch.save(obj)`` to ``out`` atomically: a hidden temporary file beside it, fsynced, then put in
     place. With ``force`` by ``os.replace`` (an existing file, or a symbolic link itself, is replaced as a
@@ -567,7 +557,7 @@ def _write_book_file(obj: Any, out: Path, *, force: bool) -> None:
                     raise CheckpointError(f"{out} already exists and was not overwritten; choose another path, "
                                           "or replace it with --force.") from None
                 os.replace(tmp, out)
-        _fsync_dir(out.parent)
+        checkpoints._fsync_dir(out.parent)
     except OSError as e:
         raise CheckpointError(f"Could not write {out}: {e}") from e
     finally:
