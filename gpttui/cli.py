@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 from gpttui import __version__
 from gpttui.core.errors import GPTTUIError
-from gpttui.core.units import format_bytes as _fmt_size, format_duration as _fmt_time
+from gpttui.core.units import format_bytes as _fmt_size, format_count, format_duration as _fmt_time
 
 EXIT_ERROR = 2
 
@@ -339,7 +339,7 @@ def cmd_ckpt_list(args: argparse.Namespace) -> int:
         params = m.get("parameter_count")
         val = m.get("best_val_loss")
         out(f"{c.name:24} {m.get('source', '?'):14} "
-            f"{(f'{params / 1e6:.1f}M' if params else '?'):>9} {m.get('step', 0):>7} "
+            f"{format_count(params):>9} {m.get('step', 0):>7} "
             f"{(f'{val:.3f}' if isinstance(val, (int, float)) else '-'):>8} {_fmt_size(c.size_bytes):>9}  "
             f"{str(m.get('created', ''))[:19]}")
     return 0

@@ -273,7 +273,7 @@ async def test_continue_on_other_data_saves_under_a_new_name(tmp_path):
     app = create_app(settings=SMALL)
     async with app.run_test(size=(120, 40)) as pilot:
         dialog = await _continue_base(app, pilot)
-        assert "base-on-Python" in str(dialog.query_one("#new").label)
+        assert "saving as 'base-on-pydoc'" in str(dialog.query_one("#new").label)
         dialog.query_one("#new").press()
         finished = await app.wait_for_event(lambda e: isinstance(e, FinishedEvent) or e.event == "failed")
         assert isinstance(finished, FinishedEvent), getattr(finished, "message", "")

@@ -440,7 +440,7 @@ class SavePlan:
     note: str | None = None
 
 
-def plan_save(store: Any, *, resume: str | None, requested: str | None, same_data: bool, data_label: str,
+def plan_save(store: Any, *, resume: str | None, requested: str | None, same_data: bool, data_source: str,
               run_id: str) -> SavePlan:
     """The one decision of where a run saves (the CLI and the app both ask here).
 
@@ -460,7 +460,7 @@ def plan_save(store: Any, *, resume: str | None, requested: str | None, same_dat
     if requested in (None, resume) and same_data:
         return SavePlan(resume, True)
     if requested is None:
-        name = unique_name(store, f"{resume}-on-{_slug(data_label)}")
+        name = unique_name(store, f"{resume}-on-{_slug(data_source)}")
         return SavePlan(name, False, note=f"{resume!r} was trained on other data, so this run saves as {name!r} "
                                           f"and {resume!r} stays as it is.")
     if requested == resume:
@@ -647,7 +647,7 @@ class Trainer:
 
         store = default_store()
         plan = plan_save(store, resume=self.resume, requested=self.save_name, same_data=self.same_data,
-                         data_label=self.data.corpus.label, run_id=self.run_id)
+                         data_source=self.data.corpus.source, run_id=self.run_id)
         if plan.replaces and not self.overwrite:
             raise ConfigError(plan.replaces)
         if plan.note:
@@ -958,11 +958,14 @@ class Trainer:
         return event
 
 
-def _slug(text: str) -> str:
-    """``text`` as a piece of a checkpoint name."""
+def _slug(source: str) -> str:
+    """A data source as a piece of a checkpoint name: ``builtin:pydoc`` -> ``pydoc``, ``~/x/book.txt`` ->
+    ``book``, a folder -> its name."""
     import re
 
-    slug = re.sub(r"[^A-Za-z0-9_+-]+", "-", Path(text).stem if "/" in text or "." in text else text).strip("-.")
+    name = Path(source.removeprefix("builtin:").rstrip("/\\")).name
+    stem = Path(name).stem if Path(name).suffix else name
+    slug = re.sub(r"[^A-Za-z0-9_+-]+", "-", stem).strip("-.")
     return (slug or "data")[:40]
 
 

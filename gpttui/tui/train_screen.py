@@ -253,7 +253,7 @@ class TrainScreen(Screen):
             self._cannot_start(problem)
             return
         plan = plan_save(store, resume=resume, requested=config.save_name, same_data=same,
-                         data_label=prepared.corpus.label, run_id="x")
+                         data_source=prepared.corpus.source, run_id="x")
         if plan.replaces:
             from gpttui.tui.checkpoints_screen import ConfirmDialog
 
@@ -275,7 +275,7 @@ class TrainScreen(Screen):
                                "pick a dataset first (F2).")
             return
         new_name = plan_save(default_store(), resume=resume, requested=None, same_data=False,
-                             data_label=prepared.corpus.label, run_id="x").name if prepared else ""
+                             data_source=prepared.corpus.source, run_id="x").name if prepared else ""
 
         def chosen(choice: str | None) -> None:
             if choice == "own":
