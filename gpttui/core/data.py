@@ -485,8 +485,11 @@ class PreparedData:
 
     def identity(self) -> dict:
         """What a checkpoint records about its data."""
+        source = self.corpus.source
+        if source and not source.startswith("builtin:"):  # resumable from any working directory
+            source = os.path.abspath(os.path.expanduser(source))
         return {
-            "source": self.corpus.source,
+            "source": source,
             "label": self.corpus.label,
             "sha256": self.corpus.sha256,
             "characters": len(self.corpus.text),
