@@ -226,6 +226,26 @@ def test_tf_name_mapping():
     assert gi.tf_name_to_hf("model/h0/attn/c_attn/weird") is None
 
 
+
+def test_weight_map_covers_every_parameter_once():
+    """The declarative map names each parameter of the book's model exactly once, with its HF shape."""
+    from gpttui.core import gpt2_weights as gw
+    from gpttui.core.model import GPTModel
+
+    cfg = gw.config_from_hf({"vocab_size": 100, "n_embd": 32, "n_layer": 3, "n_head": 4, "n_positions": 64})
+    with torch.device("meta"):
+        model = GPTModel(cfg.replace(tie_weights=False))
+    ours = []
+    for name in [*gw._expected(cfg), *gw._expected(cfg, optional=True)]:
+        key, i = gw._lookup(name, gi.WEIGHT_MAP)
+        ours += [n.format(i=i) for n in gi.WEIGHT_MAP[key].ours]
+    assert sorted(ours) == sorted(model.state_dict())
+    assert gw._expected(cfg)["h.2.attn.c_attn.weight"] == (32, 96) and "h.3.ln_1.weight" not in gw._expected(cfg)
+    assert gw._config_numel(cfg) == sum(int(np.prod(s)) for s in gw._expected(cfg).values())
+    assert gw._dropped("h.1.attn.masked_bias") and not gw._dropped("h.1.attn.c_attn.bias")
+    # every TensorFlow name in the map comes back to its Hugging Face name
+    assert all(gi.tf_name_to_hf(w.tf.format(i=7)) == name.format(i=7) for name, w in gi.WEIGHT_MAP.items() if w.tf)
+
 def test_tf_variables_give_the_same_model(tmp_path):
     hf = make_hf(n_embd=48, n_layer=2, n_head=4, seed=3)
     variables, hparams = tf_variables(hf)
@@ -551,6 +571,25 @@ def test_unreachable_hub_fails_fast(tmp_path):
         gi.import_gpt2("gpt2-xl", "xl", cache_dir=tmp_path / "c", local_files_only=True)
     assert no_checkpoints()
 
+
+
+def test_hub_errors_are_told_apart_by_huggingface_hub_classes():
+    errors = pytest.importorskip("huggingface_hub.errors")
+    from gpttui.core import gpt2_sources as gs
+
+    local = getattr(errors, "LocalEntryNotFoundError", None) or gs._hub_error_class("LocalEntryNotFoundError")
+    try:  # what hf_hub_download raises with HF_HUB_OFFLINE: the offline error wrapped
+        try:
+            raise errors.OfflineModeIsEnabled("offline")
+        except OSError as cause:
+            raise local("not in cache") from cause
+    except OSError as e:
+        assert gs._hub_error_reason(e, offline_mode=False).startswith("offline mode is on")
+    assert gs._hub_error_reason(local("x"), offline_mode=True).startswith("offline mode is on")
+    assert gs._hub_error_reason(local("x"), offline_mode=False).startswith("the Hub cannot be reached")
+    assert gs._hub_error_reason(OSError("No space left on device"), False) == "OSError: No space left on device"
+    assert issubclass(gs._hub_error_class("RepositoryNotFoundError"), Exception)
+    assert gs._hub_error_class("NoSuchHubError") is gs._NeverRaised  # a class an older version lacks
 
 def test_without_huggingface_hub_says_what_to_install():
     code = ("import sys; sys.modules['huggingface_hub'] = None\n"  # as if it were not installed
