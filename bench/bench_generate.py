@@ -9,7 +9,7 @@ Same run, same weights, same prompt:
   the token embedding (124M parameters);
 - hf-same: the same, holding our exact weights (``tie_word_embeddings=False``, 163M parameters like
   ours): the same work as ours, and its tokens must equal ours;
-- ours-fp32: ``gpttui.core.generate.generate_ids`` (KV cache);
+- ours-fp32: ``gpttui.core.generate.generate_ids`` (KV cache, decode fast path of ``gpttui.core.fastdecode``);
 - ours-bf16: the same on bf16 weights (``cast_for_inference(model, "bf16")``);
 - ours-autocast: fp32 weights under ``torch.autocast("cpu", torch.bfloat16)`` (the other way to get
   bf16, for comparison).

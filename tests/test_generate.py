@@ -17,10 +17,11 @@ import torch
 
 import book_reference as book
 from gpttui import cli
-from gpttui.core import checkpoints
+from gpttui.core import checkpoints, decoding, fastdecode
 from gpttui.core import generate as G
 from gpttui.core.config import GPTConfig
 from gpttui.core.errors import ConfigError
+from gpttui.core.beam_search import beam_search
 from gpttui.core.generate import (
     SamplingConfig,
     apply_repetition_penalty,
@@ -30,6 +31,7 @@ from gpttui.core.generate import (
     generate,
     generate_greedy,
     generate_ids,
+    parse_stop_strings,
     sample_text,
     stream,
 )
@@ -388,6 +390,24 @@ def test_stop_strings_spanning_tokens(stop, text):
     assert len(events) == result.new_tokens
 
 
+@pytest.mark.parametrize("typed, stops", [
+    ("é | 日本", ("é", "日本")),  # non-ASCII characters stay as they are (not "Ã©")
+    (r"\n\n | " + '"."', ("\n\n", ".")),  # the field's placeholder: escapes, and quotes around a piece
+    (r"a\\b | C:\path", ("a\\b", "C:\\path")),  # \\ is a backslash; one that starts no escape stays
+    (r"\t|\|| \u00e9\x41 ", ("\t", "|", "éA")),
+    ('" " | "a\\"" |  | ', (" ", 'a"')),  # quotes keep spaces; empty pieces are dropped
+    ("", ()),
+])
+def test_parse_stop_strings(typed, stops):
+    assert parse_stop_strings(typed) == stops
+
+
+def test_parsed_non_ascii_stop_string_stops_generation():
+    stop = parse_stop_strings("😀 | é")
+    result = generate(_cycle_model(), BYTES, "H", SamplingConfig(max_new_tokens=30, eos_id=None, stop=stop))
+    assert result.stopped_by == "stop" and result.text == "ey "
+
+
 def test_text_that_only_starts_a_stop_string_is_held_then_released():
     events, result = _run(_cycle_model(), "Hey", SamplingConfig(max_new_tokens=12, eos_id=None, stop=("!X",)))
     assert result.stopped_by == "max_tokens" and result.text == " é😀漢!\n"
@@ -478,8 +498,8 @@ def test_one_beam_is_greedy():
     one = generate(model, BYTES, prompt, SamplingConfig(max_new_tokens=40, eos_id=None, num_beams=1))
     assert one.token_ids == greedy.token_ids
     # The beam search itself, with one beam, past the context length too.
-    job = G._Job(model, prompt, SamplingConfig(max_new_tokens=40, eos_id=None, num_beams=1), None, None, 0, None)
-    steps, stopped, _ = G._beam_search(job)
+    job = decoding.Job(model, prompt, SamplingConfig(max_new_tokens=40, eos_id=None, num_beams=1), None, None, 0, None)
+    steps, stopped, _ = beam_search(job)
     assert [s.token for s in steps] == greedy.token_ids and stopped == "max_tokens"
 
 
@@ -505,8 +525,8 @@ def test_beams_find_likelier_sequences_than_greedy(seed, use_cache):
     beams = generate(model, BYTES, prompt, sc.replace(num_beams=4)).token_ids
     assert len(beams) == 20
     assert _logprob(model, prompt, beams) >= _logprob(model, prompt, greedy) - 1e-9
-    job = G._Job(model, prompt, sc.replace(num_beams=4), None, None, 0, None)
-    steps, _, score = G._beam_search(job)
+    job = decoding.Job(model, prompt, sc.replace(num_beams=4), None, None, 0, None)
+    steps, _, score = beam_search(job)
     assert [s.token for s in steps] == beams
     assert score == pytest.approx(_logprob(model, prompt, beams), abs=1e-4)  # the score is the log-prob
 
@@ -584,16 +604,25 @@ def test_bf16_copy_generates_and_leaves_the_model_alone():
         G.cast_for_inference(model, "fp8")
 
 
+def _without_onednn(monkeypatch):
+    """As on a torch build without the private oneDNN ops: the fast path runs on F.linear."""
+    monkeypatch.setattr(fastdecode, "onednn_bf16", lambda: False)
+
+
+@pytest.mark.parametrize("ops", ["onednn", "no-onednn"])
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
-def test_decode_path_computes_the_models_logits(dtype):
+def test_decode_path_computes_the_models_logits(dtype, ops, monkeypatch):
     """The decoding forward pass (fused q/k/v, own cache; oneDNN-packed weights for bf16 on CPU) gives
-    the model's own logits, for a prompt and then token by token."""
+    the model's own logits, for a prompt and then token by token, with and without the private ops."""
+    if ops == "no-onednn":
+        _without_onednn(monkeypatch)
     cfg = CONFIGS["ctx32-bias-tied"]
     model = G.cast_for_inference(_model(cfg), dtype)
-    weights = G._decoder_for(model)
-    assert weights is not None and G._decoder_for(model) is weights  # built once, then reused
+    weights = fastdecode.decoder_for(model)
+    assert weights is not None and fastdecode.decoder_for(model) is weights  # built once, then reused
+    assert weights.packed == (dtype == "bf16" and ops == "onednn" and fastdecode.onednn_bf16())
     ids = torch.tensor([_prompt(20)])
-    cache = G._DecodeCache(cfg.n_layers, cfg.context_length)
+    cache = weights.new_cache(cfg.context_length)
     with torch.inference_mode():
         full = model(ids).float()
         got = [weights.forward(ids[:, :12], cache)]
@@ -604,7 +633,58 @@ def test_decode_path_computes_the_models_logits(dtype):
     torch.testing.assert_close(got, want, atol=tol, rtol=0)
     with torch.no_grad():  # an optimizer-style in-place update: the decode weights are rebuilt
         model.out_head.weight.mul_(2)
-    assert G._decoder_for(model) is not weights
+    assert fastdecode.decoder_for(model) is not weights
+
+
+def _greedy_tokens(model, prompt, n, **runner):
+    r = decoding.Runner(model, model.cfg.context_length, **runner)
+    seq = torch.tensor([prompt])
+    with torch.inference_mode():
+        for _ in range(n):
+            seq = torch.cat([seq, r(seq[:, -(model.cfg.context_length + 1):]).argmax(-1, keepdim=True)], dim=1)
+    return seq[0, len(prompt):].tolist(), r
+
+
+@pytest.mark.parametrize("ops", ["onednn", "no-onednn"])
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_fast_path_greedy_tokens_equal_the_models_forward(name, ops, monkeypatch):
+    """Greedy tokens through the fast path = through GPTModel.forward with its KV cache = without a cache,
+    past the context length too."""
+    if ops == "no-onednn":
+        _without_onednn(monkeypatch)
+    model = _model(CONFIGS[name], seed=3)
+    prompt = _prompt(6)
+    fast, r = _greedy_tokens(model, prompt, 40, use_cache=True)
+    assert r.fast is not None
+    plain, r = _greedy_tokens(model, prompt, 40, use_cache=True, fast=False)
+    assert r.fast is None and isinstance(r.cache, type(model.new_cache()))
+    uncached, _ = _greedy_tokens(model, prompt, 40, use_cache=False)
+    assert fast == plain == uncached
+
+
+def test_fast_path_falls_back_to_the_models_forward(monkeypatch):
+    """Models the fast path does not know, and weights it cannot lay out, run the model's own forward."""
+    model = _model(CONFIGS["ctx16"])
+    assert fastdecode.decoder_for(_book_twin(model)) is None
+    swapped = _model(CONFIGS["ctx16"])
+    swapped.trf_blocks[0].att = torch.nn.Identity()
+    assert fastdecode.decoder_for(swapped) is None
+    want = generate(model, BYTES, "hello", SamplingConfig(max_new_tokens=30, eos_id=None)).token_ids
+
+    def broken(_model):
+        raise RuntimeError("no such op")
+
+    monkeypatch.setattr(fastdecode, "DecodeWeights", broken)
+    fresh = _model(CONFIGS["ctx16"])  # not in the decode-weights cache yet
+    assert fastdecode.decoder_for(fresh) is None
+    assert decoding.Runner(fresh, 16, use_cache=True).fast is None
+    assert generate(fresh, BYTES, "hello", SamplingConfig(max_new_tokens=30, eos_id=None)).token_ids == want
+
+
+def test_onednn_probe_says_no_without_onednn(monkeypatch):
+    assert isinstance(fastdecode.onednn_bf16(), bool)
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+    assert fastdecode.onednn_bf16.__wrapped__() is False
 
 
 def test_result_and_speed():

@@ -20,7 +20,7 @@ from textual.widgets import Button, Checkbox, Footer, Header, Input, Label, Sele
 
 from gpttui.core import checkpoints
 from gpttui.core.errors import GPTTUIError
-from gpttui.core.generate import GenerationResult, SamplingConfig, TokenEvent, stream
+from gpttui.core.generate import GenerationResult, SamplingConfig, TokenEvent, parse_stop_strings, stream
 from gpttui.core.model import GPTModel
 from gpttui.core.tokenizer import get_tokenizer
 from gpttui.core.train import pick_device
@@ -265,7 +265,7 @@ class GenerateScreen(Screen):
             except ValueError as exc:
                 raise ValueError(f"{label}: {exc}") from None
         stops = self.query_one("#stop_strings", Input).value
-        values["stop"] = tuple(s.strip().encode().decode("unicode_escape") for s in stops.split("|") if s.strip())
+        values["stop"] = parse_stop_strings(stops)
         return SamplingConfig(**values).validate()
 
     @on(Input.Changed, ".field-input")
