@@ -15,6 +15,41 @@ from pathlib import Path
 SIZE = (120, 40)
 
 
+class _Recorder:
+    """``run_test(message_hook=...)``: the messages the app dispatched, and a way to await one."""
+
+    def __init__(self) -> None:
+        self.seen: list = []
+        self.signal = asyncio.Event()
+
+    def __call__(self, message) -> None:
+        self.seen.append(message)
+        self.signal.set()
+
+    async def wait_for(self, predicate, timeout: float = 900) -> object:
+        async def waiter():
+            checked = 0
+            while True:
+                found = next((m for m in self.seen[checked:] if predicate(m)), None)
+                if found is not None:
+                    return found
+                checked = len(self.seen)
+                self.signal.clear()
+                await self.signal.wait()
+
+        return await asyncio.wait_for(waiter(), timeout)
+
+
+async def _workers_done(app, *groups: str) -> None:
+    from textual.worker import WorkerCancelled, WorkerFailed
+
+    for worker in [w for w in app.workers if w.group in groups]:
+        try:
+            await worker.wait()
+        except (WorkerCancelled, WorkerFailed):
+            pass
+
+
 async def _shoot(out: Path) -> list[Path]:
     from textual.widgets import Checkbox, Input, Select
 
@@ -23,6 +58,7 @@ async def _shoot(out: Path) -> list[Path]:
     from gpttui.core.tokenizer import get_tokenizer
     from gpttui.core.train import EvalEvent, StateEvent
     from gpttui.tui.app import create_app
+    from gpttui.tui.messages import GenerationDone, TrainingEvent
 
     try:
         get_tokenizer("gpt2", download=False)
@@ -32,9 +68,14 @@ async def _shoot(out: Path) -> list[Path]:
     settings = DataSettings(source="builtin:pydoc", tokenizer=tokenizer, context_length=64, batch_size=8)
     app = create_app(settings=settings)
     written = []
-    async with app.run_test(size=SIZE) as pilot:
+    seen = _Recorder()
+
+    def training(predicate):
+        return lambda m: isinstance(m, TrainingEvent) and predicate(m.event)
+
+    async with app.run_test(size=SIZE, message_hook=seen) as pilot:
         await pilot.pause()
-        await app.screen.wait_idle()
+        await _workers_done(app, "dataset")
         await pilot.pause()
         written.append(Path(app.save_screenshot(str(out / "dataset.svg"))))
 
@@ -48,9 +89,9 @@ async def _shoot(out: Path) -> list[Path]:
             screen.query_one(f"#{wid}", Input).value = value
         await pilot.pause()
         await pilot.press("f6")
-        await app.wait_for_event(lambda e: isinstance(e, EvalEvent) and e.step >= 250, timeout=900)
+        await seen.wait_for(training(lambda e: isinstance(e, EvalEvent) and e.step >= 250))
         await pilot.press("f7")
-        await app.wait_for_event(lambda e: isinstance(e, StateEvent) and e.paused)
+        await seen.wait_for(training(lambda e: isinstance(e, StateEvent) and e.paused))
         screen.redraw()
         await pilot.pause()
         written.append(Path(app.save_screenshot(str(out / "train.svg"))))
@@ -58,17 +99,20 @@ async def _shoot(out: Path) -> list[Path]:
         # Talk to the model being trained (paused, so its weights are still), colours on.
         await pilot.press("f4")
         await pilot.pause()
+        await _workers_done(app, "list-checkpoints")
+        await pilot.pause()
         chat = app.screen
         chat.query_one("#colour", Checkbox).value = True
-        for preset, prompt in (("book greedy", "The return statement"),
-                               ("book top-k 25, T 1.4", "A class definition")):
+        for turn, (preset, prompt) in enumerate(("book greedy", "The return statement"),
+                               ("book top-k 25, T 1.4", "A class definition"))):
             chat.query_one("#sampling-preset", Select).value = preset
             await pilot.pause()
             chat.query_one("#max_new_tokens", Input).value = "40"
             chat.query_one("#seed", Input).value = "123"
             chat.query_one("#prompt", Input).value = prompt
             await pilot.press("enter")
-            await chat.wait_done()
+            await seen.wait_for(lambda m, t=turn: isinstance(m, GenerationDone) and m.turn == t)
+            await pilot.pause()
         for _ in range(3):
             await pilot.press("ctrl+left")
         await pilot.pause()
@@ -78,7 +122,9 @@ async def _shoot(out: Path) -> list[Path]:
         await app.state.session.worker.wait()
         await pilot.press("f5")
         await pilot.pause()
-        await app.workers.wait_for_complete([w for w in app.workers if w.group in ("import", "details")])
+        await _workers_done(app, "list-checkpoints")
+        await pilot.pause()
+        await _workers_done(app, "details")
         await pilot.pause()
         written.append(Path(app.save_screenshot(str(out / "checkpoints.svg"))))
     return written
