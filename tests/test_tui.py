@@ -327,3 +327,29 @@ async def test_hang_up_stops_saves_and_exits():
     assert app.state.session.wait_done(120)
     assert app.return_code == 128 + signal.SIGHUP
     assert checkpoints.show("hung-up")["step"] >= 1
+
+
+async def test_the_models_context_wins_unless_the_user_set_the_datas():
+    """A "tiny" is a context-128 model: the Dataset screen's default 256 does not change it; the data's
+    windows follow the model (the CLI's rule), and the Train screen says so."""
+    from gpttui.tui.state import AppState
+
+    messages = Messages()
+    app = create_app(AppState(settings=DataSettings(source="builtin:pydoc", tokenizer="bytes", batch_size=4)))
+    async with app.run_test(size=(120, 40), message_hook=messages) as pilot:
+        await wait_dataset(app, pilot)
+        assert app.state.prepared.settings.context_length == 256 and not app.state.data_context_set
+        await pilot.press("f3")
+        await pilot.pause()
+        await set_tiny_model(app, pilot)
+        app.screen.query_one("#max_steps", Input).value = "2"
+        await pilot.pause()
+        info = text_of(app, "#model-info")
+        assert "context 128 (the model's)" in info and "follow it" in info
+        await pilot.press("f6")
+        finished = await messages.event(lambda e: isinstance(e, FinishedEvent) or e.event == "failed")
+        assert isinstance(finished, FinishedEvent), getattr(finished, "message", "")
+        await app.state.session.worker.wait()
+        assert app.state.prepared.settings.context_length == 128
+    meta = checkpoints.show("pilot")
+    assert meta["model_config"]["context_length"] == 128 and meta["dataset"]["context_length"] == 128

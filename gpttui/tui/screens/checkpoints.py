@@ -84,7 +84,7 @@ class CheckpointsScreen(ListsCheckpoints, Screen):
 
     def on_mount(self) -> None:
         self.infos: dict[str, checkpoints.CheckpointInfo] = {}
-        self._listed: tuple | None = None  # what the table shows, to skip redrawing an unchanged listing
+        self._rows: dict[str, list] = {}  # the table's cells by checkpoint name, as shown
         self._select: str | None = None  # the row to highlight when the next listing arrives
         self._job: Worker | None = None
         self._job_title = ""
@@ -128,21 +128,46 @@ class CheckpointsScreen(ListsCheckpoints, Screen):
             self.set_status(message.error, "error")
         infos = message.infos
         self.infos = {i.name: i for i in infos}
-        listed = tuple((i.name, i.created, i.size_bytes, i.error) for i in infos)
         table = self.query_one("#ckpt-table", DataTable)
         keep, self._select = self._select or self.selected, None
-        if listed != self._listed:
-            self._listed = listed
-            self._fill_table(table, infos)
+        self._update_table(table, infos)
         if infos:
-            names = [i.name for i in infos]
+            names = list(self._rows)
             row = names.index(keep) if keep in names else min(max(table.cursor_row, 0), len(names) - 1)
             table.move_cursor(row=row, animate=False)
         self.show_details()
 
-    def _fill_table(self, table: DataTable, infos: list[checkpoints.CheckpointInfo]) -> None:
-        table.clear()
+    def _update_table(self, table: DataTable, infos: list[checkpoints.CheckpointInfo]) -> None:
+        """Show ``infos`` touching only what changed: rows that came are added (then the table is
+        sorted newest first), rows that went are removed, changed cells are updated in place (a run
+        saving again changes one row). Rebuilding, which measures every cell of a few hundred rows on
+        the UI thread, happens only when the Problem column comes or goes."""
         broken = any(not i.ok for i in infos)
+        rows = {i.name: row_cells(i, broken) for i in infos}
+        if not table.columns or broken != ("problem" in table.columns):
+            self._fill_table(table, rows, broken)
+            self._rows = rows
+            return
+        keys = [key for _, key in COLUMNS] + (["problem"] if broken else [])
+        for name in set(self._rows) - set(rows):
+            table.remove_row(name)
+        added = [name for name in rows if name not in self._rows]
+        for name in added:
+            table.add_row(*rows[name], key=name)
+        for name, cells in rows.items():
+            if name in self._rows:
+                for key, old, new in zip(keys, self._rows[name], cells):
+                    if old != new:
+                        table.update_cell(name, key, new)
+        if added:
+            order = {name: i for i, name in enumerate(rows)}  # the listing's: newest first
+            table.sort("name", key=lambda name: order[str(name)])
+            self._rows = rows
+        else:
+            self._rows = {name: rows[name] for name in self._rows if name in rows}  # the table's order
+
+    def _fill_table(self, table: DataTable, rows: dict[str, list], broken: bool) -> None:
+        table.clear()
         if not table.columns:
             for label, key in COLUMNS:
                 table.add_column(label, key=key)
@@ -151,8 +176,8 @@ class CheckpointsScreen(ListsCheckpoints, Screen):
             table.add_column("Problem", key="problem")
         elif has_problem and not broken:
             table.remove_column("problem")
-        for info in infos:
-            table.add_row(*row_cells(info, broken), key=info.name)
+        for name, cells in rows.items():
+            table.add_row(*cells, key=name)
 
     def _watch_training(self) -> None:
         """Refresh when the running training saved a checkpoint (the app counts its saves)."""
