@@ -14,6 +14,17 @@ from gpttui.core.train import Event
 
 
 @dataclass
+class Progress(Message):
+    """How far a worker got; a newer one replaces one still waiting in the queue."""
+
+    done: int
+    total: int
+
+    def can_replace(self, message: Message) -> bool:
+        return type(message) is type(self)
+
+
+@dataclass
 class TrainingEvent(Message):
     """An engine event worth reacting to at once (eval, sample, checkpoint, state, end). Step events
     only feed the shared history, which the monitor redraws from on a timer."""
@@ -24,13 +35,8 @@ class TrainingEvent(Message):
 # --- the Dataset screen's preparation worker
 
 
-@dataclass
-class DatasetProgress(Message):
-    done: int
-    total: int
-
-    def can_replace(self, message: Message) -> bool:
-        return isinstance(message, DatasetProgress)  # a newer count supersedes one not yet shown
+class DatasetProgress(Progress):
+    """Characters tokenized so far."""
 
 
 @dataclass
@@ -71,13 +77,8 @@ class JobStage(Message):
     text: str
 
 
-@dataclass
-class JobProgress(Message):
-    done: int
-    total: int
-
-    def can_replace(self, message: Message) -> bool:
-        return isinstance(message, JobProgress)  # a newer count supersedes one not yet shown
+class JobProgress(Progress):
+    """Bytes downloaded or read so far by an import."""
 
 
 @dataclass

@@ -147,6 +147,8 @@ class GenerateScreen(ListsCheckpoints, Screen):
         self.views: list[TurnView] = []
         self.generating = False
         self._generation: Worker | None = None
+        # Loaded checkpoints, keyed by their weights file; used only by the generation worker (one at a
+        # time: its group is exclusive), never by the UI thread.
         self._models: dict[tuple[str, int, int], tuple[torch.nn.Module, str]] = {}
         self.model_options: list[tuple[str, str]] = []  # the #model choices: (label, value)
         self.refresh_models()
