@@ -353,3 +353,24 @@ async def test_the_models_context_wins_unless_the_user_set_the_datas():
         assert app.state.prepared.settings.context_length == 128
     meta = checkpoints.show("pilot")
     assert meta["model_config"]["context_length"] == 128 and meta["dataset"]["context_length"] == 128
+
+
+async def test_a_superseded_dataset_preparation_answers_nothing():
+    """Two loads in a row: the first worker is cancelled and its answer never arrives; the second's does."""
+    from gpttui.tui.messages import DatasetFailed, DatasetReady
+
+    messages = Messages()
+    app = create_app(settings=SMALL)
+    async with app.run_test(size=(100, 30), message_hook=messages) as pilot:
+        await wait_dataset(app, pilot)
+        start = messages.mark()
+        screen = app.screen
+        screen.load()
+        first = [w for w in app.workers if w.group == "dataset"]
+        screen.load()
+        await wait_dataset(app, pilot)
+        assert first and all(w.is_cancelled for w in first)
+        answers = list({id(m): m for m in messages.seen[start:]  # a message is seen once per pump it bubbles to
+                        if isinstance(m, (DatasetReady, DatasetFailed))}.values())
+        assert len(answers) == 1 and isinstance(answers[0], DatasetReady)
+        assert app.state.prepared is answers[0].prepared

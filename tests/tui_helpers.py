@@ -16,7 +16,8 @@ BACKGROUND = ("training", "warm-up")  # workers that outlive a test step: never 
 
 class Messages:
     """A message hook for ``app.run_test(message_hook=...)``: records every message the app dispatches
-    and lets a test await the first (already seen or still to come) that matches."""
+    and lets a test await the first (already seen or still to come) that matches. A message that
+    bubbles is seen once per message pump it reaches."""
 
     def __init__(self) -> None:
         self.seen: list[Message] = []
