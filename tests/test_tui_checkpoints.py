@@ -453,3 +453,24 @@ async def test_meta_with_wrong_types_is_a_broken_row_not_a_crash():
         await settle(app, pilot)
         options = app.screen.resume_values
         assert "good" in options and "step-lots" not in options
+
+
+async def test_a_checkpoint_saved_again_updates_its_row_in_place():
+    """The listing runs in a worker; a changed checkpoint changes its cells, not the table's order."""
+    save("first", step=1)
+    save("second", step=2)
+    app = create_app(settings=SMALL)
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await open_screen(app, pilot)
+        order = list(table_rows(screen))
+        save_again = order[-1]  # the older one: listed newest first, it would move to the top on a rebuild
+        checkpoints.save_checkpoint(save_again, GPTModel(TINY), meta={"tokenizer": "bytes", "source": "trained",
+                                                                     "step": 99}, overwrite=True)
+        await pilot.press("ctrl+r")
+        await settle(app, pilot)
+        rows = table_rows(screen)
+        assert list(rows) == order and rows[save_again][4] == "99"
+        save("third")
+        await pilot.press("ctrl+r")
+        await settle(app, pilot)
+        assert list(table_rows(screen))[0] == "third" and set(table_rows(screen)) == {"first", "second", "third"}
