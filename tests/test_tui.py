@@ -8,10 +8,12 @@ from textual.widgets import Input, Select, Static
 from gpttui.core import checkpoints
 from gpttui.core.data import DataSettings
 from gpttui.core.train import CheckpointEvent, EvalEvent, FinishedEvent, StateEvent
-from gpttui.tui.app import QuitScreen, create_app
-from gpttui.tui.dataset_screen import DatasetScreen
-from gpttui.tui.train_screen import TrainScreen
+from gpttui.tui.app import create_app
+from gpttui.tui.dialogs import ConfirmDialog, ContinueDialog, QuitScreen
+from gpttui.tui.screens.dataset import DatasetScreen
+from gpttui.tui.screens.train import TrainScreen
 from gpttui.tui.widgets import MetricChart
+from tui_helpers import Messages, settle, wait_workers
 
 SMALL = DataSettings(source="builtin:pydoc", tokenizer="bytes", context_length=32, batch_size=4)
 
@@ -19,8 +21,7 @@ SMALL = DataSettings(source="builtin:pydoc", tokenizer="bytes", context_length=3
 async def wait_dataset(app, pilot) -> None:
     """Until the Dataset screen has answered its newest request (stats or a problem)."""
     await pilot.pause()  # let a click or key press reach its handler
-    screen = app.get_screen("dataset") if not isinstance(app.screen, DatasetScreen) else app.screen
-    await screen.wait_idle()
+    await wait_workers(app, ("dataset",))
     await pilot.pause()
 
 
@@ -37,7 +38,7 @@ async def set_tiny_model(app, pilot) -> None:
     await pilot.pause()
 
 
-async def start_long_run(app, pilot, save_name: str) -> None:
+async def start_long_run(app, pilot, messages: Messages, save_name: str) -> None:
     """From the Dataset screen: a tiny model on a run far longer than the test, started and evaluated once."""
     await wait_dataset(app, pilot)
     await pilot.press("f3")
@@ -46,13 +47,14 @@ async def start_long_run(app, pilot, save_name: str) -> None:
     app.screen.query_one("#save_name", Input).value = save_name
     app.screen.query_one("#max_steps", Input).value = "100000"
     await pilot.press("f6")
-    await app.wait_for_event(lambda e: isinstance(e, EvalEvent))
+    await messages.event(lambda e: isinstance(e, EvalEvent))
 
 
 @pytest.mark.requires_gpt2_bpe  # the stats count GPT-2 tokens
 async def test_dataset_screen_shows_builtin_corpus_stats():
+    messages = Messages()
     app = create_app(settings=DataSettings(tokenizer="gpt2", source="builtin:pydoc"))
-    async with app.run_test(size=(120, 40)) as pilot:
+    async with app.run_test(size=(120, 40), message_hook=messages) as pilot:
         await wait_dataset(app, pilot)
         assert isinstance(app.screen, DatasetScreen)
         stats = text_of(app, "#stats")
@@ -65,8 +67,9 @@ async def test_dataset_screen_shows_builtin_corpus_stats():
 
 
 async def test_bad_path_shows_its_message_and_blocks_nothing_else(tmp_path):
+    messages = Messages()
     app = create_app(settings=SMALL)
-    async with app.run_test(size=(100, 30)) as pilot:
+    async with app.run_test(size=(100, 30), message_hook=messages) as pilot:
         await wait_dataset(app, pilot)
         app.screen.query_one("#source", Input).value = str(tmp_path / "missing.txt")
         await pilot.click("#load")
@@ -96,8 +99,9 @@ async def test_bad_path_shows_its_message_and_blocks_nothing_else(tmp_path):
 async def test_context_too_large_blocks_start_with_the_books_warning(tmp_path):
     corpus = tmp_path / "small.txt"
     corpus.write_text("A short text that is far too small for a long context.\n" * 20)
+    messages = Messages()
     app = create_app(settings=DataSettings(source=str(corpus), tokenizer="bytes", context_length=2048, batch_size=2))
-    async with app.run_test(size=(120, 40)) as pilot:
+    async with app.run_test(size=(120, 40), message_hook=messages) as pilot:
         await wait_dataset(app, pilot)
         assert "Not enough tokens for the training loader" in text_of(app, "#problems")
         await pilot.press("f3")
@@ -117,8 +121,9 @@ async def test_context_too_large_blocks_start_with_the_books_warning(tmp_path):
 
 async def test_train_monitor_full_flow():
     """Pick the corpus, configure a tiny model, train: charts fill, evals show, pause/resume, stop, save."""
+    messages = Messages()
     app = create_app(settings=SMALL)
-    async with app.run_test(size=(120, 40)) as pilot:
+    async with app.run_test(size=(120, 40), message_hook=messages) as pilot:
         await wait_dataset(app, pilot)
         assert app.state.prepared is not None and app.state.prepared.stats.ok
         await pilot.press("f3")
@@ -127,7 +132,7 @@ async def test_train_monitor_full_flow():
         assert "parameters" in text_of(app, "#model-info")
         await pilot.press("f6")
         assert app.state.session.running
-        await app.wait_for_event(lambda e: isinstance(e, EvalEvent) and e.step >= 3)
+        await messages.event(lambda e: isinstance(e, EvalEvent) and e.step >= 3)
         screen = app.screen
         screen.redraw()
         await pilot.pause()
@@ -138,21 +143,21 @@ async def test_train_monitor_full_flow():
 
         # pause: the trainer parks between steps and says so; resume: steps come again
         await pilot.press("f7")
-        paused = await app.wait_for_event(lambda e: isinstance(e, StateEvent) and e.paused)
+        paused = await messages.event(lambda e: isinstance(e, StateEvent) and e.paused)
         assert app.state.session.control.paused
         screen.redraw()
         assert "Resume" in str(screen.query_one("#pause").label)
         steps_before = len(app.state.session.history.snapshot().steps)
         await pilot.press("f7")
-        await app.wait_for_event(lambda e: isinstance(e, StateEvent) and not e.paused)
-        await app.wait_for_event(lambda e: isinstance(e, EvalEvent) and e.step > paused.step + 3)
+        await messages.event(lambda e: isinstance(e, StateEvent) and not e.paused)
+        await messages.event(lambda e: isinstance(e, EvalEvent) and e.step > paused.step + 3)
         assert len(app.state.session.history.snapshot().steps) > steps_before
 
         # save now, then stop (which saves again)
         await pilot.press("f9")
-        await app.wait_for_event(lambda e: isinstance(e, CheckpointEvent))
+        await messages.event(lambda e: isinstance(e, CheckpointEvent))
         await pilot.press("f8")
-        finished = await app.wait_for_event(lambda e: isinstance(e, FinishedEvent))
+        finished = await messages.event(lambda e: isinstance(e, FinishedEvent))
         await app.state.session.worker.wait()
         assert finished.reason == "stopped" and finished.checkpoint == "pilot"
         screen.redraw()
@@ -165,9 +170,10 @@ async def test_train_monitor_full_flow():
 
 
 async def test_quit_while_training_asks_then_stops_and_saves():
+    messages = Messages()
     app = create_app(settings=SMALL)
-    async with app.run_test(size=(100, 30)) as pilot:
-        await start_long_run(app, pilot, "quitter")
+    async with app.run_test(size=(100, 30), message_hook=messages) as pilot:
+        await start_long_run(app, pilot, messages, "quitter")
         await pilot.press("ctrl+q")
         await pilot.pause()
         assert isinstance(app.screen, QuitScreen)
@@ -184,8 +190,9 @@ async def test_quit_while_training_asks_then_stops_and_saves():
 
 
 async def test_command_palette_lists_the_screens_and_actions():
+    messages = Messages()
     app = create_app(settings=SMALL)
-    async with app.run_test(size=(100, 30)) as pilot:
+    async with app.run_test(size=(100, 30), message_hook=messages) as pilot:
         await wait_dataset(app, pilot)
         titles = [c.title for c in app.get_system_commands(app.screen)]
         assert "Dataset screen" in titles and "Train screen" in titles
@@ -221,13 +228,11 @@ def _files(name):
 
 async def _continue_base(app, pilot, max_steps="5"):
     """F3, pick 'base' to continue, press F6: the app asks how, since its dataset is other text."""
-    from gpttui.tui.train_screen import ContinueDialog
-
     await wait_dataset(app, pilot)
     await pilot.press("f3")
-    await pilot.pause()
+    await settle(app, pilot)
     select = app.screen.query_one("#resume", Select)
-    assert "base" in [value for _, value in select._options]
+    assert "base" in app.screen.resume_values
     select.value = "base"
     await pilot.pause()
     assert app.screen.query_one("#n_layers", Input).disabled
@@ -245,12 +250,13 @@ async def test_continue_defaults_to_the_checkpoints_own_data(tmp_path):
     checkpoint's own text (the focused choice), saves over it, and keeps its loss curve."""
     own = _train_base(tmp_path)
     before = torch_load_history("base")
+    messages = Messages()
     app = create_app(settings=SMALL)
-    async with app.run_test(size=(120, 40)) as pilot:
+    async with app.run_test(size=(120, 40), message_hook=messages) as pilot:
         dialog = await _continue_base(app, pilot)
         assert app.focused is dialog.query_one("#own")
         await pilot.press("enter")
-        finished = await app.wait_for_event(lambda e: isinstance(e, FinishedEvent) or e.event == "failed")
+        finished = await messages.event(lambda e: isinstance(e, FinishedEvent) or e.event == "failed")
         assert isinstance(finished, FinishedEvent), getattr(finished, "message", "")
         await app.state.session.worker.wait()
     meta = checkpoints.show("base")
@@ -270,12 +276,13 @@ def torch_load_history(name):
 async def test_continue_on_other_data_saves_under_a_new_name(tmp_path):
     _train_base(tmp_path)
     before = _files("base")
+    messages = Messages()
     app = create_app(settings=SMALL)
-    async with app.run_test(size=(120, 40)) as pilot:
+    async with app.run_test(size=(120, 40), message_hook=messages) as pilot:
         dialog = await _continue_base(app, pilot)
         assert "saving as 'base-on-pydoc'" in str(dialog.query_one("#new").label)
         dialog.query_one("#new").press()
-        finished = await app.wait_for_event(lambda e: isinstance(e, FinishedEvent) or e.event == "failed")
+        finished = await messages.event(lambda e: isinstance(e, FinishedEvent) or e.event == "failed")
         assert isinstance(finished, FinishedEvent), getattr(finished, "message", "")
         await app.state.session.worker.wait()
     assert _files("base") == before  # the original, byte for byte
@@ -284,12 +291,11 @@ async def test_continue_on_other_data_saves_under_a_new_name(tmp_path):
 
 
 async def test_cancelled_continue_and_refused_replace_change_nothing(tmp_path):
-    from gpttui.tui.checkpoints_screen import ConfirmDialog
-
     _train_base(tmp_path)
     before = _files("base")
+    messages = Messages()
     app = create_app(settings=SMALL)
-    async with app.run_test(size=(120, 40)) as pilot:
+    async with app.run_test(size=(120, 40), message_hook=messages) as pilot:
         await _continue_base(app, pilot)
         await pilot.press("escape")
         await pilot.pause()
@@ -313,10 +319,58 @@ async def test_hang_up_stops_saves_and_exits():
     """What SIGHUP (a closed SSH link) and SIGTERM do: stop at the end of the step, save, leave."""
     import signal
 
+    messages = Messages()
     app = create_app(settings=SMALL)
-    async with app.run_test(size=(100, 30)) as pilot:
-        await start_long_run(app, pilot, "hung-up")
+    async with app.run_test(size=(100, 30), message_hook=messages) as pilot:
+        await start_long_run(app, pilot, messages, "hung-up")
         app._hang_up(signal.SIGHUP)
     assert app.state.session.wait_done(120)
     assert app.return_code == 128 + signal.SIGHUP
     assert checkpoints.show("hung-up")["step"] >= 1
+
+
+async def test_the_models_context_wins_unless_the_user_set_the_datas():
+    """A "tiny" is a context-128 model: the Dataset screen's default 256 does not change it; the data's
+    windows follow the model (the CLI's rule), and the Train screen says so."""
+    from gpttui.tui.state import AppState
+
+    messages = Messages()
+    app = create_app(AppState(settings=DataSettings(source="builtin:pydoc", tokenizer="bytes", batch_size=4)))
+    async with app.run_test(size=(120, 40), message_hook=messages) as pilot:
+        await wait_dataset(app, pilot)
+        assert app.state.prepared.settings.context_length == 256 and not app.state.data_context_set
+        await pilot.press("f3")
+        await pilot.pause()
+        await set_tiny_model(app, pilot)
+        app.screen.query_one("#max_steps", Input).value = "2"
+        await pilot.pause()
+        info = text_of(app, "#model-info")
+        assert "context 128 (the model's)" in info and "follow it" in info
+        await pilot.press("f6")
+        finished = await messages.event(lambda e: isinstance(e, FinishedEvent) or e.event == "failed")
+        assert isinstance(finished, FinishedEvent), getattr(finished, "message", "")
+        await app.state.session.worker.wait()
+        assert app.state.prepared.settings.context_length == 128
+    meta = checkpoints.show("pilot")
+    assert meta["model_config"]["context_length"] == 128 and meta["dataset"]["context_length"] == 128
+
+
+async def test_a_superseded_dataset_preparation_answers_nothing():
+    """Two loads in a row: the first worker is cancelled and its answer never arrives; the second's does."""
+    from gpttui.tui.messages import DatasetFailed, DatasetReady
+
+    messages = Messages()
+    app = create_app(settings=SMALL)
+    async with app.run_test(size=(100, 30), message_hook=messages) as pilot:
+        await wait_dataset(app, pilot)
+        start = messages.mark()
+        screen = app.screen
+        screen.load()
+        first = [w for w in app.workers if w.group == "dataset"]
+        screen.load()
+        await wait_dataset(app, pilot)
+        assert first and all(w.is_cancelled for w in first)
+        answers = list({id(m): m for m in messages.seen[start:]  # a message is seen once per pump it bubbles to
+                        if isinstance(m, (DatasetReady, DatasetFailed))}.values())
+        assert len(answers) == 1 and isinstance(answers[0], DatasetReady)
+        assert app.state.prepared is answers[0].prepared

@@ -20,11 +20,12 @@ from gpttui.core.model import GPTModel
 from gpttui.core.tokenizer import get_tokenizer, gpt2_data_dir
 from gpttui.core.train import TrainConfig, Trainer
 from gpttui.tui.app import create_app
-from gpttui.tui.checkpoints_screen import (CheckpointsScreen, ConfirmDialog, ExportDialog, ImportDialog,
-                                           RenameDialog)
-from gpttui.tui.dataset_screen import DatasetScreen
-from gpttui.tui.train_screen import TrainScreen
+from gpttui.tui.dialogs import ConfirmDialog, ExportDialog, ImportDialog, RenameDialog
+from gpttui.tui.screens.checkpoints import CheckpointsScreen
+from gpttui.tui.screens.dataset import DatasetScreen
+from gpttui.tui.screens.train import TrainScreen
 from gpttui.tui.widgets import MetricChart
+from tui_helpers import settle
 
 SMALL = DataSettings(source="builtin:pydoc", tokenizer="bytes", context_length=32, batch_size=4)
 TINY = GPTConfig(vocab_size=257, context_length=32, emb_dim=32, n_heads=2, n_layers=1)
@@ -40,18 +41,11 @@ def names() -> list[str]:
     return sorted(c.name for c in checkpoints.list_checkpoints())
 
 
-async def settle(app, pilot) -> None:
-    """Let key presses and posted messages land, and wait for the screen's workers."""
-    await pilot.pause()
-    await app.workers.wait_for_complete([w for w in app.workers if w.group in ("import", "details")])
-    await pilot.pause()
-
-
 async def open_screen(app, pilot) -> CheckpointsScreen:
     await pilot.pause()
     dataset = app.screen
     assert isinstance(dataset, DatasetScreen)
-    await dataset.wait_idle()  # the startup load of the Dataset screen
+    await settle(app, pilot)  # the startup load of the Dataset screen
     await pilot.press("f5")
     await settle(app, pilot)
     screen = app.screen
@@ -221,7 +215,7 @@ async def test_rename_checks_in_the_dialog_then_renames():
         assert names() == ["alpha", "beta"]
         field.value = "gamma"
         await pilot.press("enter")
-        await pilot.pause()
+        await settle(app, pilot)
         assert app.screen is screen
         assert names() == ["beta", "gamma"]
         assert set(table_rows(screen)) == {"beta", "gamma"} and screen.selected == "gamma"
@@ -244,7 +238,7 @@ async def test_delete_asks_first():
         await pilot.press("d")
         await pilot.pause()
         await pilot.click("#confirm")
-        await pilot.pause()
+        await settle(app, pilot)
         assert app.screen is screen
         assert names() == ["keep"] and set(table_rows(screen)) == {"keep"}
         assert "Deleted 'doomed'" in status(screen)
@@ -388,7 +382,7 @@ async def test_continue_training_and_generate_hand_over_the_checkpoint():
         screen = await open_screen(app, pilot)
         await select_row(screen, pilot, "base")
         await pilot.press("t")
-        await pilot.pause()
+        await settle(app, pilot)
         assert app.current_mode == "train"
         train = app.screen
         assert isinstance(train, TrainScreen)
@@ -400,7 +394,7 @@ async def test_continue_training_and_generate_hand_over_the_checkpoint():
         assert app.screen is screen and screen.selected == "base"
         await select_row(screen, pilot, "other")
         await pilot.press("g")
-        await pilot.pause()
+        await settle(app, pilot)
         if "generate" in app.MODES:
             assert app.current_mode == "generate"
             assert app.screen.query_one("#model", Select).value == "other"
@@ -456,6 +450,27 @@ async def test_meta_with_wrong_types_is_a_broken_row_not_a_crash():
         await select_row(screen, pilot, "step-lots")
         assert "step must be a whole number" in text(screen.query_one("#ckpt-meta", Static))
         await pilot.press("f3")  # the Train screen lists only the usable ones
-        await pilot.pause()
-        options = [value for _, value in app.screen.query_one("#resume", Select)._options]
+        await settle(app, pilot)
+        options = app.screen.resume_values
         assert "good" in options and "step-lots" not in options
+
+
+async def test_a_checkpoint_saved_again_updates_its_row_in_place():
+    """The listing runs in a worker; a changed checkpoint changes its cells, not the table's order."""
+    save("first", step=1)
+    save("second", step=2)
+    app = create_app(settings=SMALL)
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await open_screen(app, pilot)
+        order = list(table_rows(screen))
+        save_again = order[-1]  # the older one: listed newest first, it would move to the top on a rebuild
+        checkpoints.save_checkpoint(save_again, GPTModel(TINY), meta={"tokenizer": "bytes", "source": "trained",
+                                                                     "step": 99}, overwrite=True)
+        await pilot.press("ctrl+r")
+        await settle(app, pilot)
+        rows = table_rows(screen)
+        assert list(rows) == order and rows[save_again][4] == "99"
+        save("third")
+        await pilot.press("ctrl+r")
+        await settle(app, pilot)
+        assert list(table_rows(screen))[0] == "third" and set(table_rows(screen)) == {"first", "second", "third"}

@@ -12,7 +12,10 @@ from gpttui.core.generate import SamplingConfig, generate
 from gpttui.core.tokenizer import ByteTokenizer
 from gpttui.core.train import TrainConfig, Trainer
 from gpttui.tui.app import create_app
-from gpttui.tui.generate_screen import GenerateScreen, prob_style
+from gpttui.tui.messages import GenerationChunk
+from gpttui.tui.render import prob_style
+from gpttui.tui.screens.generate import GenerateScreen
+from tui_helpers import Messages, generation_done, settle, wait_workers
 
 SMALL = DataSettings(source="builtin:pydoc", tokenizer="bytes", context_length=32, batch_size=4)
 TINY = GPTConfig(vocab_size=257, context_length=32, emb_dim=32, n_heads=2, n_layers=1, drop_rate=0.0)
@@ -29,7 +32,7 @@ def train_tiny(name: str, steps: int = 8) -> None:
 async def open_generate(app, pilot, checkpoint: str) -> GenerateScreen:
     app.state.generate_checkpoint = checkpoint  # what the Checkpoints screen's "use for generation" does
     await pilot.press("f4")
-    await pilot.pause()
+    await settle(app, pilot)
     screen = app.screen
     assert isinstance(screen, GenerateScreen)
     assert screen.query_one("#model", Select).value == checkpoint
@@ -38,13 +41,14 @@ async def open_generate(app, pilot, checkpoint: str) -> GenerateScreen:
 
 async def test_greedy_stream_equals_the_engine_and_stop_works():
     train_tiny("chat")
+    messages = Messages()
     app = create_app(settings=SMALL)
-    async with app.run_test(size=(120, 40)) as pilot:
+    async with app.run_test(size=(120, 40), message_hook=messages) as pilot:
         screen = await open_generate(app, pilot, "chat")
         screen.query_one("#max_new_tokens", Input).value = "40"
         screen.query_one("#prompt", Input).value = "The return "
         await pilot.press("enter")
-        turn = await screen.wait_done()
+        turn = await generation_done(messages, pilot, screen)
         model = checkpoints.load_checkpoint("chat").model
         expected = generate(model, ByteTokenizer(), "The return ", SamplingConfig(max_new_tokens=40))
         assert turn.error is None
@@ -56,9 +60,9 @@ async def test_greedy_stream_equals_the_engine_and_stop_works():
         screen.query_one("#max_new_tokens", Input).value = "100000"
         screen.query_one("#prompt", Input).value = "x"
         await pilot.press("enter")
-        await screen.wait_until(lambda s: len(s.turns) == 2 and len(s.turns[-1].tokens) > 0)
+        await messages.wait_for(lambda m: isinstance(m, GenerationChunk) and m.turn == 1 and m.events)
         await pilot.press("escape")
-        turn = await screen.wait_done()
+        turn = await generation_done(messages, pilot, screen)
         assert turn.result.stopped_by == "cancel"
         assert 0 < turn.result.new_tokens < 100000
 
@@ -73,14 +77,15 @@ async def test_greedy_stream_equals_the_engine_and_stop_works():
 
 async def test_probability_colouring_and_token_details():
     train_tiny("colours")
+    messages = Messages()
     app = create_app(settings=SMALL)
-    async with app.run_test(size=(120, 40)) as pilot:
+    async with app.run_test(size=(120, 40), message_hook=messages) as pilot:
         screen = await open_generate(app, pilot, "colours")
         screen.query_one("#max_new_tokens", Input).value = "12"
         screen.query_one("#colour", Checkbox).value = True
         screen.query_one("#prompt", Input).value = "def "
         await pilot.press("enter")
-        turn = await screen.wait_done()
+        turn = await generation_done(messages, pilot, screen)
         assert all(t.prob is not None and 0 < t.prob <= 1 for t in turn.tokens if t.token_id is not None)
         await pilot.press("ctrl+left")
         await pilot.pause()
@@ -93,8 +98,9 @@ async def test_probability_colouring_and_token_details():
 
 async def test_invalid_sampling_values_are_marked_not_thrown():
     train_tiny("checks", steps=1)
+    messages = Messages()
     app = create_app(settings=SMALL)
-    async with app.run_test(size=(120, 40)) as pilot:
+    async with app.run_test(size=(120, 40), message_hook=messages) as pilot:
         screen = await open_generate(app, pilot, "checks")
         screen.query_one("#top_p", Input).value = "1.5"
         await pilot.pause()
@@ -110,10 +116,11 @@ async def test_invalid_sampling_values_are_marked_not_thrown():
 
 async def test_chat_with_the_model_being_trained():
     """The running trainer's weights are snapshotted between steps; training goes on undisturbed."""
+    messages = Messages()
     app = create_app(settings=SMALL)
-    async with app.run_test(size=(120, 40)) as pilot:
+    async with app.run_test(size=(120, 40), message_hook=messages) as pilot:
         await pilot.pause()
-        await app.screen.wait_idle()
+        await wait_workers(app, ("dataset",))
         await pilot.press("f3")
         await pilot.pause()
         train = app.screen
@@ -121,15 +128,15 @@ async def test_chat_with_the_model_being_trained():
                            ("save_name", "live")):
             train.query_one(f"#{wid}", Input).value = value
         await pilot.press("f6")
-        await app.wait_for_event(lambda e: e.event == "eval")
+        await messages.event(lambda e: e.event == "eval")
         await pilot.press("f4")
-        await pilot.pause()
+        await settle(app, pilot)
         screen = app.screen
         assert screen.query_one("#model", Select).value == "__training__"
         screen.query_one("#max_new_tokens", Input).value = "10"
         screen.query_one("#prompt", Input).value = "The "
         await pilot.press("enter")
-        turn = await screen.wait_done()
+        turn = await generation_done(messages, pilot, screen)
         assert turn.error is None and turn.result.new_tokens >= 1
         assert app.state.session.running
         app.state.session.stop(save=False)
@@ -141,8 +148,9 @@ async def test_a_checkpoint_saved_again_is_reloaded_not_served_stale():
 
     torch.manual_seed(1)
     checkpoints.save_checkpoint("again", GPTModel(TINY), meta={"tokenizer": "bytes", "source": "trained"})
+    messages = Messages()
     app = create_app(settings=SMALL)
-    async with app.run_test(size=(120, 40)) as pilot:
+    async with app.run_test(size=(120, 40), message_hook=messages) as pilot:
         screen = await open_generate(app, pilot, "again")
         screen.query_one("#max_new_tokens", Input).value = "20"
         cfg = SamplingConfig(max_new_tokens=20)
@@ -153,6 +161,6 @@ async def test_a_checkpoint_saved_again_is_reloaded_not_served_stale():
                                             overwrite=True)
             screen.query_one("#prompt", Input).value = "abc"
             await pilot.press("enter")
-            turn = await screen.wait_done()
+            turn = await generation_done(messages, pilot, screen)
             expected = generate(checkpoints.load_checkpoint("again").model, ByteTokenizer(), "abc", cfg)
             assert [t.token_id for t in turn.tokens if t.token_id is not None] == expected.token_ids

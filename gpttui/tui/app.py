@@ -4,41 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from typing import Callable, Iterable
+from typing import Iterable
 
-from textual import on
-from textual.app import App, ComposeResult, SystemCommand
+from textual.app import App, SystemCommand
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical
-from textual.screen import ModalScreen, Screen
-from textual.widgets import Button, Label
+from textual.screen import Screen
 
 from gpttui.core.data import DataSettings
-from gpttui.core.train import CheckpointEvent, Event, FailedEvent, FinishedEvent
-from gpttui.tui.checkpoints_screen import CheckpointsScreen
-from gpttui.tui.dataset_screen import DatasetScreen
-from gpttui.tui.generate_screen import GenerateScreen
+from gpttui.core.train import CheckpointEvent, FailedEvent, FinishedEvent
+from gpttui.tui.dialogs import QuitScreen
 from gpttui.tui.messages import TrainingEvent
+from gpttui.tui.screens.checkpoints import CheckpointsScreen
+from gpttui.tui.screens.dataset import DatasetScreen
+from gpttui.tui.screens.generate import GenerateScreen
+from gpttui.tui.screens.train import TrainScreen
 from gpttui.tui.state import AppState
-from gpttui.tui.train_screen import TrainScreen
-
-
-class QuitScreen(ModalScreen[str]):
-    """Asked when quitting while a run is in progress."""
-
-    BINDINGS = [Binding("escape", "dismiss('cancel')", "Cancel")]
-
-    def compose(self) -> ComposeResult:
-        with Vertical(id="quit-dialog", classes="dialog"):
-            yield Label("A training run is in progress. Stop it before quitting?")
-            with Horizontal(classes="dialog-buttons"):
-                yield Button("Stop, save and quit", id="save", variant="primary")
-                yield Button("Quit without saving", id="nosave", variant="error")
-                yield Button("Cancel", id="cancel")
-
-    @on(Button.Pressed)
-    def _pressed(self, event: Button.Pressed) -> None:
-        self.dismiss(event.button.id or "cancel")
 
 
 class GPTTUIApp(App):
@@ -58,8 +38,6 @@ class GPTTUIApp(App):
     def __init__(self, state: AppState | None = None) -> None:
         super().__init__()
         self.state = state or AppState()
-        self.training_events: list[Event] = []
-        self._event_signal: asyncio.Event | None = None
 
     def on_mount(self) -> None:
         self.run_worker(_warm_up_optimizer, thread=True, group="warm-up", exit_on_error=False)
@@ -92,7 +70,6 @@ class GPTTUIApp(App):
     # -- training events (posted from the trainer's thread)
     def on_training_event(self, message: TrainingEvent) -> None:
         event = message.event
-        self.training_events.append(event)
         if isinstance(event, FailedEvent):
             self.notify(event.message, title="Training failed", severity="error", timeout=15)
         elif isinstance(event, FinishedEvent):
@@ -100,26 +77,9 @@ class GPTTUIApp(App):
             self.notify(f"Training {event.reason}{where}.", title="Training finished")
         elif isinstance(event, CheckpointEvent):
             self.notify(f"Saved checkpoint {event.name!r} (step {event.step}).")
+        if isinstance(event, (CheckpointEvent, FinishedEvent)):
+            self.state.checkpoints_version += 1
         self.refresh_header()
-        if self._event_signal is not None:
-            self._event_signal.set()
-
-    async def wait_for_event(self, predicate: Callable[[Event], bool], timeout: float = 300.0) -> Event:
-        """The first training event (already received or still to come) that matches."""
-        if self._event_signal is None:
-            self._event_signal = asyncio.Event()
-
-        async def waiter() -> Event:
-            seen = 0
-            while True:
-                for event in self.training_events[seen:]:
-                    if predicate(event):
-                        return event
-                seen = len(self.training_events)
-                self._event_signal.clear()
-                await self._event_signal.wait()
-
-        return await asyncio.wait_for(waiter(), timeout)
 
     # -- quitting
     async def action_quit(self) -> None:
@@ -190,6 +150,7 @@ def create_app(state: AppState | None = None, settings: DataSettings | None = No
     state = state or AppState()
     if settings is not None:
         state.settings = settings
+        state.data_context_set = True  # given settings are the caller's choice, context included
     return GPTTUIApp(state)
 
 

@@ -1,4 +1,5 @@
-"""Messages the app passes around, as dataclasses."""
+"""Every message the app passes around, as dataclasses: most are posted by a thread worker with its
+result, so the UI thread only renders."""
 
 from __future__ import annotations
 
@@ -6,8 +7,21 @@ from dataclasses import dataclass
 
 from textual.message import Message
 
-from gpttui.core.data import PreparedData
+from gpttui.core.checkpoints import CheckpointInfo
+from gpttui.core.data import Corpus, PreparedData
+from gpttui.core.generate import GenerationResult, TokenEvent
 from gpttui.core.train import Event
+
+
+@dataclass
+class Progress(Message):
+    """How far a worker got; a newer one replaces one still waiting in the queue."""
+
+    done: int
+    total: int
+
+    def can_replace(self, message: Message) -> bool:
+        return type(message) is type(self)
 
 
 @dataclass
@@ -18,15 +32,17 @@ class TrainingEvent(Message):
     event: Event
 
 
-@dataclass
-class DatasetProgress(Message):
-    done: int
-    total: int
+# --- the Dataset screen's preparation worker
+
+
+class DatasetProgress(Progress):
+    """Characters tokenized so far."""
 
 
 @dataclass
 class DatasetReady(Message):
     prepared: PreparedData
+    corpus: Corpus
     request: int = 0
 
 
@@ -35,3 +51,66 @@ class DatasetFailed(Message):
     source: str
     message: str
     request: int = 0
+    corpus: Corpus | None = None
+
+
+# --- the checkpoints folder, listed off the UI thread (every screen that shows checkpoints)
+
+
+@dataclass
+class CheckpointsListed(Message):
+    infos: list[CheckpointInfo]
+    error: str | None = None
+
+
+@dataclass
+class CheckpointDeleted(Message):
+    name: str
+    error: str | None = None
+
+
+# --- the Checkpoints screen's import/export job and its loss curve
+
+
+@dataclass
+class JobStage(Message):
+    text: str
+
+
+class JobProgress(Progress):
+    """Bytes downloaded or read so far by an import."""
+
+
+@dataclass
+class JobDone(Message):
+    message: str
+    select: str | None = None
+
+
+@dataclass
+class JobFailed(Message):
+    message: str
+    cancelled: bool = False
+
+
+@dataclass
+class LossCurve(Message):
+    name: str
+    series: list  # [(label, xs, ys)]
+    note: str = ""
+
+
+# --- the Generate screen's stream
+
+
+@dataclass
+class GenerationChunk(Message):
+    turn: int
+    events: list[TokenEvent]
+
+
+@dataclass
+class GenerationDone(Message):
+    turn: int
+    result: GenerationResult | None
+    error: str | None = None

@@ -102,4 +102,9 @@ class AppState:
     corpus: Corpus | None = None
     prepared: PreparedData | None = None
     session: TrainingSession = field(default_factory=TrainingSession)
-    generate_checkpoint: str | None = None  # asked for by the Checkpoints screen
+    # Intents between screens (set by one, read by the other when it is shown): no screen writes
+    # another screen's widgets.
+    generate_checkpoint: str | None = None  # the Checkpoints screen's Generate
+    continue_checkpoint: str | None = None  # the Checkpoints screen's Continue
+    checkpoints_version: int = 0  # bumped when the running training saves: lists of checkpoints re-read
+    data_context_set: bool = False  # the Dataset screen's context was set by the user (else it follows the model)

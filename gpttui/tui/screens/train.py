@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 
 from rich.markup import escape
 from rich.text import Text
@@ -9,21 +10,24 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
-from textual.screen import ModalScreen, Screen
+from textual.screen import Screen
 from textual.widgets import Button, Checkbox, Footer, Header, Input, Label, ProgressBar, Select, Static
 
-from gpttui.core import checkpoints
 from gpttui.core.config import CPU_SHAPES, GPT2_SHAPES, PRESETS, GPTConfig, preset
 from gpttui.core.errors import GPTTUIError
 from gpttui.core.model import parameter_count, training_memory_estimate
 from gpttui.core.tokenizer import get_tokenizer
-from gpttui.core.units import format_bytes as _fmt_bytes, format_count, format_duration
+from gpttui.core.data import PreparedData, prepare_data
+from gpttui.core.units import format_bytes as _fmt_bytes, format_count
 from gpttui.core.store import default_store
 from gpttui.core.train import TrainConfig, Trainer, dataset_matches, plan_save, prepare_checkpoint_data
+from gpttui.tui.dialogs import ConfirmDialog, ContinueDialog
+from gpttui.tui.listing import ListsCheckpoints
+from gpttui.tui.messages import CheckpointsListed
+from gpttui.tui.render import context_note, status_text
 from gpttui.tui.widgets import Field, MetricChart, read_field
 
 NEW_MODEL = "__new__"
-NONE = "–"
 OPTIM_FIELDS = [
     # id, label, kind, minimum, tooltip
     ("lr", "Learning rate", "float", 0.0, "peak learning rate (AdamW)"),
@@ -40,41 +44,7 @@ OPTIM_FIELDS = [
 ]
 
 
-class ContinueDialog(ModalScreen[str | None]):
-    """Continuing a checkpoint while the Dataset screen holds other text: on its own data (the default),
-    or on this text under a new name, or on this text replacing it (the user's explicit word)."""
-
-    BINDINGS = [Binding("escape", "dismiss(None)", "Cancel")]
-
-    def __init__(self, name: str, own_label: str | None, this_label: str | None, new_name: str) -> None:
-        super().__init__()
-        self.ckpt, self.own_label, self.this_label, self.new_name = name, own_label, this_label, new_name
-
-    def compose(self) -> ComposeResult:
-        with Vertical(classes="dialog ckpt-dialog", id="continue-dialog"):
-            own = (f"it was trained on {self.own_label}" if self.own_label
-                   else "it records no training text (imported weights)")
-            this = (f"the Dataset screen holds {self.this_label}" if self.this_label
-                    else "the Dataset screen has no usable text")
-            yield Label(f"Continue {self.ckpt!r}: {own}; {this}.", classes="dialog-title")
-            with Vertical(classes="dialog-buttons continue-choices"):
-                if self.own_label:
-                    yield Button(f"On its own data, saving over {self.ckpt!r}", id="own", variant="primary")
-                if self.this_label:
-                    yield Button(f"On {self.this_label}, saving as {self.new_name!r}", id="new",
-                                 variant="default" if self.own_label else "primary")
-                    yield Button(f"On {self.this_label}, replacing {self.ckpt!r}", id="replace", variant="error")
-                yield Button("Cancel", id="cancel")
-
-    def on_mount(self) -> None:
-        self.query_one("#own" if self.own_label else "#new", Button).focus()
-
-    @on(Button.Pressed)
-    def _chosen(self, event: Button.Pressed) -> None:
-        self.dismiss(None if event.button.id == "cancel" else event.button.id)
-
-
-class TrainScreen(Screen):
+class TrainScreen(ListsCheckpoints, Screen):
     BINDINGS = [
         Binding("f6", "start", "Start", priority=True),
         Binding("f7", "pause", "Pause/Resume", priority=True),
@@ -95,6 +65,9 @@ class TrainScreen(Screen):
                 yield Field("Layers", 2, id="n_layers", minimum=1)
                 yield Field("Heads", 4, id="n_heads", minimum=1)
                 yield Field("Width", 128, id="emb_dim", minimum=1)
+                yield Field("Context", 128, id="model_context", minimum=1,
+                            tooltip="the model's context length; the data's windows follow it unless you set "
+                                    "the Dataset screen's")
                 yield Field("Dropout", 0.1, id="drop_rate", kind="float", minimum=0.0, maximum=0.99)
                 yield Checkbox("qkv bias", False, id="qkv_bias")
                 yield Checkbox("tie embeddings", True, id="tie_weights")
@@ -132,6 +105,7 @@ class TrainScreen(Screen):
         self._drawn_version = -1
         self._samples_shown = 0
         self._run_shown: str | None = None
+        self.resume_values: list[str] = [NEW_MODEL]  # the #resume choices, as listed
         self.refresh_checkpoints()
         self._apply_preset("tiny")
         self.set_interval(0.25, self.redraw)
@@ -143,14 +117,23 @@ class TrainScreen(Screen):
 
     # -- the form
     def refresh_checkpoints(self) -> None:
+        """List the checkpoints (in a thread) for the Continue choice; the Checkpoints screen's Continue
+        intent (``state.continue_checkpoint``) is applied when the list arrives."""
+        self.list_checkpoints()
+
+    def on_checkpoints_listed(self, message: CheckpointsListed) -> None:
         select = self.query_one("#resume", Select)
-        current = select.value
+        wanted, self.app.state.continue_checkpoint = self.app.state.continue_checkpoint, None
+        current = wanted or select.value
         options = [("New model", NEW_MODEL)]
-        for info in checkpoints.list_checkpoints():
-            if info.ok:
-                options.append((f"Continue {info.name} ({info.source}, step {info.step or 0})", info.name))
-        select.set_options(options)
+        options += [(f"Continue {info.name} ({info.source}, step {info.step or 0})", info.name)
+                    for info in message.infos if info.ok]
         values = [v for _, v in options]
+        if values != self.resume_values:
+            self.resume_values = values
+            select.set_options(options)
+        if wanted is not None and wanted not in values:
+            self.app.notify(f"Cannot continue {wanted!r}: it is no longer there.", severity="error")
         select.value = current if current in values else NEW_MODEL
 
     def _apply_preset(self, name: str) -> None:
@@ -159,6 +142,7 @@ class TrainScreen(Screen):
         self.query_one("#n_layers", Input).value = str(shape.get("n_layers", cfg.n_layers))
         self.query_one("#n_heads", Input).value = str(shape.get("n_heads", cfg.n_heads))
         self.query_one("#emb_dim", Input).value = str(shape.get("emb_dim", cfg.emb_dim))
+        self.query_one("#model_context", Input).value = str(cfg.context_length)  # the preset's own
         self.query_one("#drop_rate", Input).value = str(cfg.drop_rate)
         self.query_one("#qkv_bias", Checkbox).value = cfg.qkv_bias
         self.query_one("#tie_weights", Checkbox).value = cfg.tie_weights
@@ -171,21 +155,22 @@ class TrainScreen(Screen):
     @on(Select.Changed, "#resume")
     def _resume_changed(self) -> None:
         new = self.query_one("#resume", Select).value == NEW_MODEL
-        for wid in ("#preset", "#n_layers", "#n_heads", "#emb_dim", "#drop_rate", "#qkv_bias", "#tie_weights"):
+        for wid in ("#preset", "#n_layers", "#n_heads", "#emb_dim", "#model_context", "#drop_rate", "#qkv_bias", "#tie_weights"):
             self.query_one(wid).disabled = not new
         self._update_model_info()
 
-    @on(Input.Changed, "#n_layers, #n_heads, #emb_dim, #drop_rate")
+    @on(Input.Changed, "#n_layers, #n_heads, #emb_dim, #model_context, #drop_rate")
     @on(Checkbox.Changed, "#qkv_bias, #tie_weights")
     def _shape_changed(self) -> None:
         self._update_model_info()
 
     def model_config(self) -> GPTConfig:
-        """The shape in the form. Context length comes from the dataset settings (as in the book)."""
+        """The shape in the form; its context is the preset's own unless the user edited it (the model
+        owns the context: the data's windows follow it unless set on the Dataset screen)."""
         settings = self.app.state.settings
         vocab = 257 if settings.tokenizer == "bytes" else 50257
         return GPTConfig(
-            vocab_size=vocab, context_length=settings.context_length,
+            vocab_size=vocab, context_length=read_field(self.query_one("#model_context", Input), "int"),
             n_layers=read_field(self.query_one("#n_layers", Input), "int"),
             n_heads=read_field(self.query_one("#n_heads", Input), "int"),
             emb_dim=read_field(self.query_one("#emb_dim", Input), "int"),
@@ -222,8 +207,10 @@ class TrainScreen(Screen):
             return
         n = parameter_count(cfg)
         mem = training_memory_estimate(cfg, self.app.state.settings.batch_size)
-        info.update(f"{format_count(n)} parameters · context {cfg.context_length} (from Dataset)\n"
-                    f"≈ {_fmt_bytes(mem)} to train (weights, AdamW, activations)")
+        state = self.app.state
+        note = context_note(cfg.context_length, state.settings.context_length, state.data_context_set)
+        info.update(f"{format_count(n)} parameters · ≈ {_fmt_bytes(mem)} to train (weights, AdamW, "
+                    f"activations)\n{note}")
 
     # -- actions
     @on(Button.Pressed, "#start")
@@ -255,8 +242,6 @@ class TrainScreen(Screen):
         plan = plan_save(store, resume=resume, requested=config.save_name, same_data=same,
                          data_source=prepared.corpus.source, run_id="x")
         if plan.replaces:
-            from gpttui.tui.checkpoints_screen import ConfirmDialog
-
             def confirmed(yes: bool | None) -> None:
                 if yes:
                     self._launch(prepared, config, model_config, resume, overwrite=True)
@@ -303,12 +288,39 @@ class TrainScreen(Screen):
             return
         self.app.call_from_thread(self._launch, prepared, config, None, name)
 
+    @work(thread=True, exclusive=True, group="continue-data")
+    def _prepare_for_model(self, settings, corpus, launch: tuple) -> None:
+        try:
+            prepared = prepare_data(settings, get_tokenizer(settings.tokenizer), corpus=corpus, strict=False)
+        except GPTTUIError as exc:
+            self.app.call_from_thread(self._cannot_start, str(exc))
+            return
+        self.app.call_from_thread(self._data_follows_model, prepared, launch)
+
+    def _data_follows_model(self, prepared: PreparedData, launch: tuple) -> None:
+        """On the UI thread: the data windowed at the model's context becomes the app's dataset."""
+        state = self.app.state
+        state.settings, state.prepared = prepared.settings, prepared
+        if prepared.stats.problems:
+            self._cannot_start("\n".join(prepared.stats.problems))
+            return
+        config, model_config, resume, overwrite, save_name = launch
+        self._launch(prepared, config, model_config, resume, overwrite=overwrite, save_name=save_name)
+
     def _launch(self, prepared, config: TrainConfig, model_config, resume: str | None, *, overwrite: bool = False,
                 save_name: str | None | object = ...) -> None:
         app = self.app
         session = app.state.session
         if session.running:
             app.notify("A run is already in progress.", severity="warning")
+            return
+        state = app.state
+        if (model_config is not None and not state.data_context_set
+                and prepared.settings.context_length != model_config.context_length):
+            # The model owns the context: the data's windows follow it (the user did not set them).
+            settings = replace(prepared.settings, context_length=model_config.context_length)
+            self._set_status(f"Windowing the data at the model's context ({settings.context_length})…")
+            self._prepare_for_model(settings, prepared.corpus, (config, model_config, resume, overwrite, save_name))
             return
         if save_name is not ...:
             config = TrainConfig(**{**config.to_dict(), "save_name": save_name})
@@ -391,34 +403,8 @@ class TrainScreen(Screen):
         self.query_one("#chart-lr", MetricChart).set_series([("lr", sx, sv.get("lr", []))], xlabel)
         self.query_one("#chart-tps", MetricChart).set_series([("tok/s", sx, sv.get("tokens_per_sec", []))], xlabel)
         self.query_one("#progress", ProgressBar).update(total=1.0, progress=snap.progress)
-        self._set_status(self._status_text(snap))
+        self._set_status(status_text(snap))
         self._show_samples(snap.samples)
-
-    def _status_text(self, snap) -> str:
-        st, last, ev = snap.started, snap.last_step, snap.last_eval
-        colour = {"running": "green", "paused": "yellow", "failed": "red", "finished": "cyan"}.get(snap.status, "white")
-        lines = [f"[b {colour}]{snap.status}[/]"]
-        if last is not None:
-            lines[0] += (f" · step {last.step:,}/{last.total_steps:,} · epoch {last.epoch} · "
-                         f"{snap.progress:.0%}")
-            lines.append(f"{last.tokens_seen:,} tokens seen · {last.tokens_per_sec:,.0f} tok/s · "
-                         f"elapsed {format_duration(last.elapsed, NONE)} · ETA {format_duration(last.eta, NONE)}")
-            loss = f"loss {last.loss:.3f} · lr {last.lr:.2e} · grad norm {last.grad_norm:.2f}"
-            if ev is not None:
-                loss += f" · train {ev.train_loss:.3f} / val {ev.val_loss:.3f}"
-            if snap.best_val_loss is not None:
-                loss += f" · best val {snap.best_val_loss:.3f}"
-            lines.append(loss)
-        if st is not None:
-            lines.append(f"{st.device} · {st.dtype} · {format_count(st.n_params)} params · run {st.run_id}")
-        if snap.checkpoints:
-            c = snap.checkpoints[-1]
-            lines.append(f"saved {escape(c.name)} at step {c.step}")
-        if snap.failed is not None:
-            lines.append(f"[red]✗ {escape(snap.failed.message)}[/red]")
-        elif snap.finished is not None:
-            lines.append(f"finished ({snap.finished.reason})")
-        return "\n".join(lines)
 
     def _show_samples(self, samples) -> None:
         box = self.query_one("#samples", VerticalScroll)

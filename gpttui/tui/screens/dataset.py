@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Iterable
 
@@ -16,16 +15,22 @@ from textual.screen import Screen
 from textual.widgets import (Button, DirectoryTree, Footer, Header, Input, Label, OptionList, ProgressBar, Select,
                              Static)
 from textual.widgets.option_list import Option
+from textual.worker import get_current_worker
 
-from gpttui.core.data import TEXT_SUFFIXES, DataSettings, prepare_data, read_corpus
+from gpttui.core.data import TEXT_SUFFIXES, Corpus, DataSettings, PreparedData, prepare_data, read_corpus
 from gpttui.core.errors import GPTTUIError
 from gpttui.core.tokenizer import TOKENIZERS, get_tokenizer
 from gpttui.tui.messages import DatasetFailed, DatasetProgress, DatasetReady
+from gpttui.tui.render import dataset_checks, dataset_stats
 from gpttui.tui.state import load_recent, remember_source
 from gpttui.tui.widgets import Field, read_field
 
 BUILTIN = "builtin:pydoc"
 PREVIEW_LINES = 12
+
+
+class _Superseded(Exception):
+    """Raised from the progress callback of a cancelled preparation, to stop the tokenizer."""
 
 
 class TextTree(DirectoryTree):
@@ -82,13 +87,17 @@ class DatasetScreen(Screen):
     def on_mount(self) -> None:
         self._refresh_recent()
         self._timer = None
-        self._requested = 0  # load requests made / answered: wait_idle() waits until they match
-        self._answered = 0
-        self._answer_signal = asyncio.Event()
+        self._request = 0  # the newest load request: answers to older ones are dropped
+        self._shown: PreparedData | None = None
         self.load()
 
     def on_screen_resume(self) -> None:
         self.app.refresh_header()
+        state = self.app.state
+        if state.prepared is not None and state.prepared is not getattr(self, "_shown", None):
+            # the Train screen windowed the data at the model's context: show what will be trained on
+            self.query_one("#context_length", Input).value = str(state.settings.context_length)
+            self._show_prepared(state.prepared)
 
     # -- choosing a source
     def _refresh_recent(self) -> None:
@@ -178,43 +187,42 @@ class DatasetScreen(Screen):
         except ValueError as exc:
             self._show_problem(str(exc))
             return
-        self.app.state.settings = settings
-        self.app.state.prepared = None
+        state = self.app.state
+        if settings.context_length != state.settings.context_length:
+            state.data_context_set = True  # the user's own context: the data no longer follows the model
+        state.settings = settings
+        state.prepared = None
         self.query_one("#stats", Static).update("Reading…")
-        self._requested += 1
-        self.prepare(settings, self._requested)
-
-    def _answer(self, request: int) -> None:
-        self._answered = max(self._answered, request)
-        self._answer_signal.set()
-
-    async def wait_idle(self, timeout: float = 120) -> None:
-        """Until the newest load request has been answered (stats shown or a problem reported)."""
-        async def waiter() -> None:
-            while self._answered < self._requested:
-                self._answer_signal.clear()
-                await self._answer_signal.wait()
-
-        await asyncio.wait_for(waiter(), timeout)
+        self._request += 1
+        corpus = state.corpus if state.corpus is not None and state.corpus.source == settings.source else None
+        self.prepare(settings, corpus, self._request)
 
     # -- the work, off the UI thread
     @work(thread=True, exclusive=True, group="dataset")
-    def prepare(self, settings: DataSettings, request: int) -> None:
-        state = self.app.state
+    def prepare(self, settings: DataSettings, corpus: Corpus | None, request: int) -> None:
+        """Read and tokenize in a thread; a newer request cancels this worker, and the progress
+        callback stops the tokenizer at its next report instead of finishing for nothing."""
+        worker = get_current_worker()
+
+        def progress(done: int, total: int) -> None:
+            if worker.is_cancelled:
+                raise _Superseded
+            self.post_message(DatasetProgress(done, total))
+
         try:
-            corpus = state.corpus if state.corpus is not None and state.corpus.source == settings.source else None
             corpus = corpus or read_corpus(settings.source)
-            state.corpus = corpus
             tokenizer = get_tokenizer(settings.tokenizer)
-            prepared = prepare_data(settings, tokenizer, corpus=corpus, strict=False,
-                                    progress=lambda done, total: self.post_message(DatasetProgress(done, total)))
+            prepared = prepare_data(settings, tokenizer, corpus=corpus, strict=False, progress=progress)
+        except _Superseded:
+            return
         except GPTTUIError as exc:
-            self.post_message(DatasetFailed(settings.source, str(exc), request))
-            return
+            message = DatasetFailed(settings.source, str(exc), request, corpus)
         except Exception as exc:  # never crash the screen on a bad file
-            self.post_message(DatasetFailed(settings.source, f"{type(exc).__name__}: {exc}", request))
-            return
-        self.post_message(DatasetReady(prepared, request))
+            message = DatasetFailed(settings.source, f"{type(exc).__name__}: {exc}", request, corpus)
+        else:
+            message = DatasetReady(prepared, corpus, request)
+        if not worker.is_cancelled:
+            self.post_message(message)
 
     def on_dataset_progress(self, message: DatasetProgress) -> None:
         bar = self.query_one("#tokenize-progress", ProgressBar)
@@ -224,44 +232,33 @@ class DatasetScreen(Screen):
             bar.add_class("hidden")
 
     def on_dataset_failed(self, message: DatasetFailed) -> None:
-        if message.request != self._requested:
+        if message.request != self._request:
             return  # an older request
+        if message.corpus is not None:
+            self.app.state.corpus = message.corpus
         self.query_one("#stats", Static).update("No statistics: the source could not be used.")
         self.query_one("#preview", Static).update("")
         self._show_problem(message.message)
         self.query_one("#tokenize-progress").add_class("hidden")
-        self._answer(message.request)
 
     def on_dataset_ready(self, message: DatasetReady) -> None:
         prepared = message.prepared
-        if message.request != self._requested:
+        if message.request != self._request:
             return  # an older request
+        self.app.state.corpus = message.corpus
         self.app.state.prepared = prepared
-        s, st = prepared.stats, prepared.settings
-        lines = [
-            f"[b]{escape(prepared.corpus.label)}[/b]",
-            f"[dim]{'':9} {'total':>9} {'train':>9} {'val':>8}[/dim]",
-            f"{'chars':9} {s.characters:>9,} {s.train_characters:>9,} {s.val_characters:>8,}",
-            f"{'tokens':9} {s.tokens:>9,} {s.train_tokens:>9,} {s.val_tokens:>8,}",
-            f"{'windows':9} {'':>9} {s.train_windows:>9,} {s.val_windows:>8,}",
-            f"{'batches':9} {'':>9} {s.train_batches:>9,} {s.val_batches:>8,}",
-            f"{'tok/epoch':9} {s.tokens_per_epoch:>9,}",
-            f"[dim]{prepared.tokenized.tokenizer.name} · context {st.context_length} · "
-            f"stride {st.effective_stride} · batch {st.batch_size}[/dim]",
-        ]
-        self.query_one("#stats", Static).update("\n".join(lines))
-        notes = [f"[red]✗ {escape(p)}[/red]" for p in s.problems]
-        notes += [f"[yellow]! {escape(w)}[/yellow]" for w in s.warnings]
-        if not notes:
-            notes = ["[green]✓ Ready to train: both loaders have data at these settings.[/green]"]
-        self.query_one("#problems", Static).update("\n".join(notes))
-        preview = "\n".join(prepared.corpus.text[:4000].splitlines()[:PREVIEW_LINES])
-        self.query_one("#preview", Static).update(Text(preview))
+        self._show_prepared(prepared)
         if prepared.corpus.source:
             remember_source(prepared.corpus.source)
             self._refresh_recent()
         self.app.refresh_header()
-        self._answer(message.request)
+
+    def _show_prepared(self, prepared: PreparedData) -> None:
+        self._shown = prepared
+        self.query_one("#stats", Static).update(dataset_stats(prepared))
+        self.query_one("#problems", Static).update(dataset_checks(prepared.stats))
+        preview = "\n".join(prepared.corpus.text[:4000].splitlines()[:PREVIEW_LINES])
+        self.query_one("#preview", Static).update(Text(preview))
 
     def _show_problem(self, text: str) -> None:
         self.query_one("#problems", Static).update(f"[red]✗ {escape(text)}[/red]")

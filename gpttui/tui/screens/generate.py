@@ -3,7 +3,6 @@ and a view of each token's probability and alternatives."""
 
 from __future__ import annotations
 
-import threading
 import time
 from concurrent.futures import CancelledError, TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -14,9 +13,9 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Button, Checkbox, Footer, Header, Input, Label, Select, Static
+from textual.worker import Worker, get_current_worker
 
 from gpttui.core import checkpoints
 from gpttui.core.errors import GPTTUIError
@@ -24,6 +23,9 @@ from gpttui.core.generate import GenerationResult, SamplingConfig, TokenEvent, p
 from gpttui.core.model import GPTModel
 from gpttui.core.tokenizer import get_tokenizer
 from gpttui.core.train import pick_device
+from gpttui.tui.listing import ListsCheckpoints
+from gpttui.tui.messages import CheckpointsListed, GenerationChunk, GenerationDone
+from gpttui.tui.render import token_details, turn_text
 from gpttui.tui.widgets import Field, read_field
 
 TRAINING = "__training__"
@@ -47,19 +49,6 @@ SAMPLING_FIELDS = [
 ]
 
 
-def prob_style(p: float | None) -> str:
-    """Colour of a token by the probability it had: sure (green) to surprising (red)."""
-    if p is None:
-        return ""
-    if p >= 0.6:
-        return "green"
-    if p >= 0.3:
-        return "yellow"
-    if p >= 0.1:
-        return "dark_orange"
-    return "red"
-
-
 @dataclass
 class Turn:
     prompt: str
@@ -71,19 +60,6 @@ class Turn:
     @property
     def text(self) -> str:
         return "".join(t.text for t in self.tokens)
-
-
-@dataclass
-class GenerationChunk(Message):
-    turn: int
-    events: list[TokenEvent]
-
-
-@dataclass
-class GenerationDone(Message):
-    turn: int
-    result: GenerationResult | None
-    error: str | None = None
 
 
 class PromptInput(Input):
@@ -129,27 +105,10 @@ class TurnView(Static):
         self.selected: int | None = None
 
     def show(self) -> None:
-        t = self.turn
-        text = Text()
-        text.append(f"{t.model} ▸ ", style="dim")
-        text.append(t.prompt, style="bold")
-        for i, tok in enumerate(t.tokens):
-            style = prob_style(tok.prob) if self.colour else ""
-            if self.colour and i == self.selected:
-                style += " reverse"
-            text.append(tok.text, style=style or None)
-        if t.result is not None:
-            r = t.result
-            text.append(f"\n{r.new_tokens} tokens · {r.tokens_per_sec:.1f} tok/s · stopped by {r.stopped_by}",
-                        style="dim italic")
-        elif t.error:
-            text.append(f"\n✗ {t.error}", style="red")
-        else:
-            text.append(" ▌", style="blink")
-        self.update(text)
+        self.update(turn_text(self.turn, self.colour, self.selected))
 
 
-class GenerateScreen(Screen):
+class GenerateScreen(ListsCheckpoints, Screen):
     BINDINGS = [
         Binding("escape", "stop", "Stop"),
         Binding("ctrl+l", "clear", "Clear", priority=True),
@@ -186,37 +145,39 @@ class GenerateScreen(Screen):
     def on_mount(self) -> None:
         self.turns: list[Turn] = []
         self.views: list[TurnView] = []
-        self.cancel = threading.Event()
         self.generating = False
+        self._generation: Worker | None = None
+        # Loaded checkpoints, keyed by their weights file; used only by the generation worker (one at a
+        # time: its group is exclusive), never by the UI thread.
         self._models: dict[tuple[str, int, int], tuple[torch.nn.Module, str]] = {}
-        self._done_signal = None
+        self.model_options: list[tuple[str, str]] = []  # the #model choices: (label, value)
         self.refresh_models()
 
     def on_screen_resume(self) -> None:
         self.app.refresh_header()
         self.refresh_models()
         self.query_one("#prompt", PromptInput).focus()
-        wanted = getattr(self.app.state, "generate_checkpoint", None)
-        if wanted:
-            self.app.state.generate_checkpoint = None
-            select = self.query_one("#model", Select)
-            if wanted in [v for _, v in select._options]:
-                select.value = wanted
 
     # -- models
     def refresh_models(self) -> None:
+        """List the checkpoints (in a thread); the Checkpoints screen's Generate intent
+        (``state.generate_checkpoint``) is applied when the list arrives."""
+        self.list_checkpoints()
+
+    def on_checkpoints_listed(self, message: CheckpointsListed) -> None:
         select = self.query_one("#model", Select)
-        current = select.value
+        wanted, self.app.state.generate_checkpoint = self.app.state.generate_checkpoint, None
+        current = wanted or select.value
         options = []
         session = self.app.state.session
         if session.trainer is not None and session.trainer.model is not None:
             options.append((f"Training run: {session.label} (snapshot)", TRAINING))
-        for info in checkpoints.list_checkpoints():
-            if info.ok:
-                options.append((f"{info.name} ({info.source})", info.name))
+        options += [(f"{info.name} ({info.source})", info.name) for info in message.infos if info.ok]
         if not options:
             options = [("(no model yet: train one or import GPT-2)", "")]
-        select.set_options(options)
+        if options != self.model_options:
+            self.model_options = options
+            select.set_options(options)
         values = [v for _, v in options]
         select.value = current if current in values else values[0]
 
@@ -297,8 +258,7 @@ class GenerateScreen(Screen):
             return
         prompt_input.remember(prompt)
         prompt_input.value = ""
-        label = self.query_one("#model", Select)._options
-        model_label = next((lbl for lbl, v in label if v == name), name)
+        model_label = next((lbl for lbl, v in self.model_options if v == name), name)
         turn = Turn(prompt, str(model_label).split(" (")[0])
         self.turns.append(turn)
         view = TurnView(turn, len(self.turns) - 1)
@@ -308,14 +268,15 @@ class GenerateScreen(Screen):
         chat.mount(view)
         view.show()
         self._follow(chat)
-        self.cancel = threading.Event()
         self.generating = True
         self._sync_buttons()
-        self.run_generation(len(self.turns) - 1, name, prompt, cfg, self.cancel, view.colour)
+        self._generation = self.run_generation(len(self.turns) - 1, name, prompt, cfg)
 
     @work(thread=True, exclusive=True, group="generate")
-    def run_generation(self, index: int, name: str, prompt: str, cfg: SamplingConfig, cancel: threading.Event,
-                       details: bool) -> None:
+    def run_generation(self, index: int, name: str, prompt: str, cfg: SamplingConfig) -> None:
+        """Stream a continuation; Stop (or Clear) cancels this worker, whose cancellation the engine
+        checks before every token."""
+        cancel = get_current_worker().cancelled_event
         try:
             model, tokenizer_name = self._load_model(name)
             tokenizer = get_tokenizer(tokenizer_name)
@@ -344,8 +305,6 @@ class GenerateScreen(Screen):
         turn.tokens.extend(message.events)
         self.views[message.turn].show()
         self._follow(self.query_one("#chat", VerticalScroll))
-        if self._done_signal is not None:
-            self._done_signal.set()
 
     def on_generation_done(self, message: GenerationDone) -> None:
         turn = self.turns[message.turn]
@@ -356,27 +315,6 @@ class GenerateScreen(Screen):
         self._follow(self.query_one("#chat", VerticalScroll))
         if message.error:
             self.app.notify(message.error, title="Generation failed", severity="error")
-        if self._done_signal is not None:
-            self._done_signal.set()
-
-    async def wait_until(self, predicate, timeout: float = 120) -> Turn | None:
-        """Until ``predicate(screen)`` holds, checked after each streamed chunk and at the end."""
-        import asyncio
-
-        if self._done_signal is None:
-            self._done_signal = asyncio.Event()
-
-        async def waiter() -> None:
-            while not predicate(self):
-                self._done_signal.clear()
-                await self._done_signal.wait()
-
-        await asyncio.wait_for(waiter(), timeout)
-        return self.turns[-1] if self.turns else None
-
-    async def wait_done(self, timeout: float = 120) -> Turn:
-        """Until the current generation has ended; the last turn."""
-        return await self.wait_until(lambda screen: not screen.generating, timeout)
 
     def _follow(self, chat: VerticalScroll) -> None:
         """Stick to the bottom unless the user scrolled up."""
@@ -390,12 +328,12 @@ class GenerateScreen(Screen):
     # -- actions
     @on(Button.Pressed, "#stop")
     def action_stop(self) -> None:
-        if self.generating:
-            self.cancel.set()
+        if self.generating and self._generation is not None:
+            self._generation.cancel()
 
     def action_clear(self) -> None:
-        if self.generating:
-            self.cancel.set()
+        if self.generating and self._generation is not None:
+            self._generation.cancel()
         self.turns, self.views = [], []
         self.query_one("#chat", VerticalScroll).remove_children()
         self.query_one("#token-details", Static).update("")
@@ -432,11 +370,4 @@ class GenerateScreen(Screen):
         self.show_token(view.turn.tokens[view.selected])
 
     def show_token(self, tok: TokenEvent) -> None:
-        text = Text()
-        text.append(repr(tok.text) + "\n", style="bold")
-        if tok.prob is not None:
-            text.append(f"p = {tok.prob:.3f}\n", style=prob_style(tok.prob))
-        for alt in tok.alternatives:
-            marker = "▸ " if alt.token_id == tok.token_id else "  "
-            text.append(f"{marker}{alt.prob:6.3f}  {alt.text!r}\n", style=prob_style(alt.prob))
-        self.query_one("#token-details", Static).update(text)
+        self.query_one("#token-details", Static).update(token_details(tok))

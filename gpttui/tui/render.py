@@ -1,0 +1,304 @@
+"""Pure renderables: what the screens show, as text, built from plain data (no widgets, no app).
+
+The checkpoint table's rows and the details pane, the training monitor's status text, the Dataset
+screen's statistics and checks, and a generated turn with its per-token probabilities.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+from typing import Any
+
+from rich.console import Group
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from gpttui.core import checkpoints
+from gpttui.core.units import format_bytes as human_bytes, format_count as human_count, format_duration
+
+NONE = "–"
+SOURCE_LABELS = {"trained": "trained", "imported-gpt2": "GPT-2", "imported-book": "book file"}
+COLUMNS = (("Name", "name"), ("Model", "model"), ("Params", "params"), ("Source", "source"), ("Step", "step"),
+           ("Tokens", "tokens"), ("Best val", "best_val"), ("Dataset", "dataset"), ("Created", "created"),
+           ("Size", "size"))
+
+
+# --- checkpoints: table rows and the details pane -------------------------------------------------
+
+
+def local_time(iso: str | None, short: bool = False) -> str:
+    """Local time of an ISO timestamp; ``short``: "Nov 23 20:28" this year, else "2024-11-23"."""
+    try:
+        when = _dt.datetime.fromisoformat(str(iso))
+    except (TypeError, ValueError):
+        return "?"
+    if when.tzinfo is not None:
+        when = when.astimezone()
+    if short:
+        return when.strftime("%b %d %H:%M" if when.year == _dt.datetime.now().year else "%Y-%m-%d")
+    return when.strftime("%Y-%m-%d %H:%M")
+
+
+def _number(value: Any, fmt: str = "{:.3f}") -> str:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return fmt.format(value)
+    return "–"
+
+
+def model_shape(cfg: dict | None) -> str:
+    cfg = cfg or {}
+    try:
+        return (f"{cfg['n_layers']}L·{cfg['n_heads']}H·{cfg['emb_dim']}d "
+                f"ctx {cfg['context_length']}")
+    except KeyError:
+        return "?"
+
+
+def shorten(text: str, n: int) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def short_error(info: checkpoints.CheckpointInfo) -> str:
+    """A broken checkpoint's error without its folder's path (the details pane has it all)."""
+    error = info.error or "broken"
+    return error.replace(str(info.path) + "/", "").replace(str(info.path), info.name)
+
+
+def row_cells(info: checkpoints.CheckpointInfo, problem_column: bool = False) -> list[Any]:
+    """The table cells of one checkpoint, in :data:`COLUMNS` order (then its error, with
+    ``problem_column``: the column the table gets when some checkpoint is broken)."""
+    meta = info.meta or {}
+    created = local_time(info.created, short=True)
+    size = human_bytes(info.size_bytes)
+    if not info.ok:
+        cells = [info.name, Text("✗ broken", style="red"), "–", "–", "–", "–", "–", "–", created, size]
+        return cells + [Text(shorten(short_error(info), 70), style="red")] if problem_column else cells
+    dataset = meta.get("dataset") if isinstance(meta.get("dataset"), dict) else {}
+    label = dataset.get("label") or dataset.get("source") or "–"
+    return [
+        info.name,
+        model_shape(meta.get("model_config")),
+        human_count(meta.get("parameter_count")),
+        SOURCE_LABELS.get(str(meta.get("source")), str(meta.get("source") or "?")),
+        f"{meta.get('step') or 0:,}",
+        human_count(meta.get("tokens_seen") or 0),
+        _number(meta.get("best_val_loss")),
+        shorten(label, 16),
+        created,
+        size,
+    ] + ([""] if problem_column else [])
+
+
+def details_renderable(info: checkpoints.CheckpointInfo, note: str = "") -> Group:
+    """The details pane for one checkpoint: a title, then a two-column grid (values wrap in their column)."""
+    meta = info.meta or {}
+    title = Text.assemble((info.name, "bold"), "  ·  ", str(meta.get("source") or "broken"))
+    if not info.ok:
+        return Group(title, Text(f"✗ {info.error or 'broken'}", style="red"),
+                     Text("It cannot be loaded; delete it (d) or repair its folder:"), Text(str(info.path)))
+    grid = Table.grid(padding=(0, 1))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column(overflow="fold")
+    rows = _model_rows(meta, info) + _dataset_rows(meta.get("dataset")) + _training_rows(meta.get("train_config"))
+    rows += _origin_rows(meta)
+    rows.append(("Created", f"{local_time(info.created)} · gpttui {meta.get('gpttui_version', '?')}"))
+    if meta.get("run_id"):
+        rows.append(("Run", str(meta["run_id"])))
+    rows.append(("Path", str(info.path)))
+    for key, value in rows:
+        grid.add_row(Text(key), Text(value))  # Text: user strings are never read as markup
+    extra = [Text(f"! {text}", style="italic") for text in meta.get("notes") or []]
+    if note:
+        extra.append(Text(note, style="dim"))
+    return Group(title, grid, *extra)
+
+
+Rows = list[tuple[str, str]]
+
+
+def _model_rows(meta: dict, info: checkpoints.CheckpointInfo) -> Rows:
+    cfg = meta.get("model_config") or {}
+    layers, heads = cfg.get("n_layers"), cfg.get("n_heads")
+    params = meta.get("parameter_count")
+    rows = [
+        ("Model", f"{layers} layer{'s' * (layers != 1)} · {heads} head{'s' * (heads != 1)} · "
+                  f"width {cfg.get('emb_dim')} · context {cfg.get('context_length')}"),
+        ("", f"vocab {cfg.get('vocab_size')} · qkv bias {'on' if cfg.get('qkv_bias') else 'off'} · "
+             f"{'tied' if cfg.get('tie_weights') else 'separate'} output head · dropout {cfg.get('drop_rate')}"),
+        ("Params", (f"{params:,}" if isinstance(params, int) else "?")
+         + f" · {meta.get('dtype', '?')} · {human_bytes(info.size_bytes)} on disk"),
+        ("Tokenizer", str(meta.get("tokenizer") or "?")),
+    ]
+    if meta.get("source") == "trained" or meta.get("step"):
+        rows.append(("Progress", f"step {meta.get('step') or 0:,} · epoch {meta.get('epoch') or 0} · "
+                                 f"{meta.get('tokens_seen') or 0:,} tokens seen"))
+        rows.append(("Loss", f"train {_number(meta.get('last_train_loss'))} · val "
+                             f"{_number(meta.get('last_val_loss'))} · best val {_number(meta.get('best_val_loss'))}"))
+    rows.append(("Optimizer", "saved (training continues with its AdamW state)" if meta.get("has_optimizer")
+                 else "none (training continues with a fresh AdamW)"))
+    return rows
+
+
+def _dataset_rows(dataset: Any) -> Rows:
+    if not isinstance(dataset, dict) or not dataset:
+        return []
+    rows = [("Dataset", str(dataset.get("label") or dataset.get("source") or "?"))]
+    bits = [f"{dataset['tokens']:,} tokens"] if isinstance(dataset.get("tokens"), int) else []
+    for key, name in (("context_length", "context"), ("stride", "stride"), ("batch_size", "batch"),
+                      ("train_ratio", "train ratio")):
+        if dataset.get(key) is not None:
+            bits.append(f"{name} {dataset[key]}")
+    if bits:
+        rows.append(("", " · ".join(bits)))
+    if dataset.get("source") and dataset.get("source") != dataset.get("label"):
+        rows.append(("", str(dataset["source"])))
+    return rows
+
+
+def _training_rows(tc: Any) -> Rows:
+    if not isinstance(tc, dict) or not tc:
+        return []
+    lr = f"lr {tc.get('lr')}" + (f" → {tc['min_lr']}" if tc.get("min_lr") is not None else "")
+    bits = [lr, f"warmup {tc.get('warmup_steps', 0)}", f"wd {tc.get('weight_decay')}",
+            f"clip {tc.get('grad_clip') if tc.get('grad_clip') is not None else 'off'}",
+            f"accum {tc.get('grad_accum', 1)}", f"seed {tc.get('seed')}"]
+    return [("Training", " · ".join(bits)),
+            ("", f"epochs {tc.get('epochs')} · max steps {tc.get('max_steps') or '–'} · eval every "
+                 f"{tc.get('eval_freq')} ({tc.get('eval_iter')} batches) · {tc.get('device')} {tc.get('dtype')}")]
+
+
+def _origin_rows(meta: dict) -> Rows:
+    if not meta.get("imported_from"):
+        return []
+    origin = meta.get("origin") if isinstance(meta.get("origin"), dict) else {}
+    what = meta.get("gpt2_size") or ""
+    how = []
+    if origin.get("revision"):
+        how.append(f"revision {str(origin['revision'])[:12]}")
+    if meta.get("weights_format"):
+        how.append(str(meta["weights_format"]))
+    return [("Origin", f"{what + ' from ' if what else ''}{meta['imported_from']}"
+             + (f" ({', '.join(how)})" if how else ""))]
+
+
+# --- the training monitor ----------------------------------------------------------------------------
+
+
+def status_text(snap) -> str:
+    """The monitor's status lines (markup) for a :class:`RunHistory` snapshot."""
+    st, last, ev = snap.started, snap.last_step, snap.last_eval
+    colour = {"running": "green", "paused": "yellow", "failed": "red", "finished": "cyan"}.get(snap.status, "white")
+    lines = [f"[b {colour}]{snap.status}[/]"]
+    if last is not None:
+        lines[0] += (f" · step {last.step:,}/{last.total_steps:,} · epoch {last.epoch} · "
+                     f"{snap.progress:.0%}")
+        lines.append(f"{last.tokens_seen:,} tokens seen · {last.tokens_per_sec:,.0f} tok/s · "
+                     f"elapsed {format_duration(last.elapsed, NONE)} · ETA {format_duration(last.eta, NONE)}")
+        loss = f"loss {last.loss:.3f} · lr {last.lr:.2e} · grad norm {last.grad_norm:.2f}"
+        if ev is not None:
+            loss += f" · train {ev.train_loss:.3f} / val {ev.val_loss:.3f}"
+        if snap.best_val_loss is not None:
+            loss += f" · best val {snap.best_val_loss:.3f}"
+        lines.append(loss)
+    if st is not None:
+        lines.append(f"{st.device} · {st.dtype} · {human_count(st.n_params)} params · run {st.run_id}")
+    if snap.checkpoints:
+        c = snap.checkpoints[-1]
+        lines.append(f"saved {escape(c.name)} at step {c.step}")
+    if snap.failed is not None:
+        lines.append(f"[red]✗ {escape(snap.failed.message)}[/red]")
+    elif snap.finished is not None:
+        lines.append(f"finished ({snap.finished.reason})")
+    return "\n".join(lines)
+
+
+def context_note(model_context: int, data_context: int, data_set_by_user: bool) -> str:
+    """Which context length wins when the model's and the Dataset screen's differ (markup)."""
+    if data_context == model_context:
+        return f"context {model_context} (model and data)"
+    if not data_set_by_user:
+        return (f"context {model_context} (the model's); the data's windows follow it "
+                f"(the Dataset screen's {data_context} is only its default)")
+    if data_context > model_context:
+        return (f"[red]✗ context: the Dataset screen's {data_context} (set by you) exceeds the model's "
+                f"{model_context}: lower one of them[/red]")
+    return (f"[yellow]! context: the model's is {model_context}; the data's windows are {data_context} "
+            f"(set by you on the Dataset screen)[/yellow]")
+
+
+# --- the Dataset screen ------------------------------------------------------------------------------
+
+
+def dataset_stats(prepared) -> str:
+    """The statistics table (markup) of a :class:`PreparedData`."""
+    s, st = prepared.stats, prepared.settings
+    return "\n".join([
+        f"[b]{escape(prepared.corpus.label)}[/b]",
+        f"[dim]{'':9} {'total':>9} {'train':>9} {'val':>8}[/dim]",
+        f"{'chars':9} {s.characters:>9,} {s.train_characters:>9,} {s.val_characters:>8,}",
+        f"{'tokens':9} {s.tokens:>9,} {s.train_tokens:>9,} {s.val_tokens:>8,}",
+        f"{'windows':9} {'':>9} {s.train_windows:>9,} {s.val_windows:>8,}",
+        f"{'batches':9} {'':>9} {s.train_batches:>9,} {s.val_batches:>8,}",
+        f"{'tok/epoch':9} {s.tokens_per_epoch:>9,}",
+        f"[dim]{prepared.tokenized.tokenizer.name} · context {st.context_length} · "
+        f"stride {st.effective_stride} · batch {st.batch_size}[/dim]",
+    ])
+
+
+def dataset_checks(stats) -> str:
+    """Problems (red), warnings (yellow), or the green light (markup)."""
+    notes = [f"[red]✗ {escape(p)}[/red]" for p in stats.problems]
+    notes += [f"[yellow]! {escape(w)}[/yellow]" for w in stats.warnings]
+    return "\n".join(notes or ["[green]✓ Ready to train: both loaders have data at these settings.[/green]"])
+
+
+# --- the Generate screen -----------------------------------------------------------------------------
+
+
+def prob_style(p: float | None) -> str:
+    """Colour of a token by the probability it had: sure (green) to surprising (red)."""
+    if p is None:
+        return ""
+    if p >= 0.6:
+        return "green"
+    if p >= 0.3:
+        return "yellow"
+    if p >= 0.1:
+        return "dark_orange"
+    return "red"
+
+
+def turn_text(turn, colour: bool, selected: int | None) -> Text:
+    """One prompt and its continuation; with ``colour`` each token by its probability, ``selected`` reversed."""
+    text = Text()
+    text.append(f"{turn.model} ▸ ", style="dim")
+    text.append(turn.prompt, style="bold")
+    for i, tok in enumerate(turn.tokens):
+        style = prob_style(tok.prob) if colour else ""
+        if colour and i == selected:
+            style += " reverse"
+        text.append(tok.text, style=style or None)
+    if turn.result is not None:
+        r = turn.result
+        text.append(f"\n{r.new_tokens} tokens · {r.tokens_per_sec:.1f} tok/s · stopped by {r.stopped_by}",
+                    style="dim italic")
+    elif turn.error:
+        text.append(f"\n✗ {turn.error}", style="red")
+    else:
+        text.append(" ▌", style="blink")
+    return text
+
+
+def token_details(tok) -> Text:
+    """A token, its probability and the alternatives the model weighed."""
+    text = Text()
+    text.append(repr(tok.text) + "\n", style="bold")
+    if tok.prob is not None:
+        text.append(f"p = {tok.prob:.3f}\n", style=prob_style(tok.prob))
+    for alt in tok.alternatives:
+        marker = "▸ " if alt.token_id == tok.token_id else "  "
+        text.append(f"{marker}{alt.prob:6.3f}  {alt.text!r}\n", style=prob_style(alt.prob))
+    return text
