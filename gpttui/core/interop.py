@@ -37,7 +37,6 @@ import copy
 import math
 import os
 import re
-import secrets
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,14 +47,13 @@ import torch
 from gpttui.core import checkpoints, paths
 from gpttui.core.config import GPT2_SHAPES, GPTConfig
 from gpttui.core.errors import CheckpointError, ConfigError
+from gpttui.core.fileio import atomic_write
 from gpttui.core.model import GPTModel, book_state_dict
+from gpttui.core.tokenizer import TOKENIZER_VOCAB, infer_tokenizer  # noqa: F401  (re-exported)
 
 BOOK_MODEL_FILE = "model.pth"
 BOOK_MODEL_AND_OPTIMIZER_FILE = "model_and_optimizer.pth"
 BOOK_SOURCE = "imported-book"
-
-# Tokenizer name -> its vocabulary size (gpttui.core.tokenizer builds them; the sizes are fixed).
-TOKENIZER_VOCAB: dict[str, int] = {"bytes": 257, "gpt2": 50257}
 
 # Pairs of names that may legitimately be one tensor saved twice (a tied output head).
 TIED_PAIRS: frozenset[frozenset[str]] = frozenset({
@@ -234,16 +232,6 @@ def _tensors_in(obj: Any, where: str) -> Iterator[tuple[str, torch.Tensor]]:
 # ---------------------------------------------------------------------------------------------
 # Tokenizer and vocabulary
 # ---------------------------------------------------------------------------------------------
-
-
-def infer_tokenizer(vocab_size: int) -> str | None:
-    """The tokenizer a model with ``vocab_size`` tokens was trained with: ``gpt2`` from 50257 (padded sizes
-    such as 50304 included), ``bytes`` from 257, ``None`` below (no gpttui tokenizer fits)."""
-    if vocab_size >= TOKENIZER_VOCAB["gpt2"]:
-        return "gpt2"
-    if vocab_size >= TOKENIZER_VOCAB["bytes"]:
-        return "bytes"
-    return None
 
 
 def check_tokenizer(vocab_size: int, tokenizer: str | None, where: str = "The model") -> str:
@@ -532,37 +520,16 @@ def export_target(path: str | os.PathLike[str], with_optimizer: bool = False, *,
 
 
 def _write_book_file(obj: Any, out: Path, *, force: bool) -> None:
-    """``torch.save(obj)`` to ``out`` atomically: a hidden temporary file beside it, fsynced, then put in
-    place. With ``force`` by ``os.replace`` (an existing file, or a symbolic link itself, is replaced as a
-    whole: a file it links to is not written into). Without, by ``os.link`` of the temporary file to
-    ``out``, which fails if ``out`` exists, even one created since the checks (O_EXCL semantics). Where the
-    file system has no hard links, the existence check is repeated just before ``os.replace``: a file
-    created in between those two calls could still be replaced."""
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    """``torch.save(obj)`` to ``out`` atomically (:func:`gpttui.core.fileio.atomic_write`). With ``force``
+    an existing file (or a symbolic link itself) is replaced as a whole; without, ``out`` is never
+    clobbered, even by a file created since the checks (O_EXCL semantics)."""
     try:
-        with open(tmp, "xb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        if force:
-            os.replace(tmp, out)
-        else:
-            try:
-                os.link(tmp, out)
-            except FileExistsError:
-                raise CheckpointError(f"{out} already exists and was not overwritten; choose another path, or "
-                                      "replace it with --force.") from None
-            except OSError:  # no hard links here (FAT, some network file systems)
-                if os.path.lexists(out):
-                    raise CheckpointError(f"{out} already exists and was not overwritten; choose another path, "
-                                          "or replace it with --force.") from None
-                os.replace(tmp, out)
-        checkpoints._fsync_dir(out.parent)
+        atomic_write(out, lambda f: torch.save(obj, f), replace=force)
+    except FileExistsError:
+        raise CheckpointError(f"{out} already exists and was not overwritten; choose another path, or "
+                              "replace it with --force.") from None
     except OSError as e:
         raise CheckpointError(f"Could not write {out}: {e}") from e
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
 
 
 def export_book(name: str, path: str | os.PathLike[str], with_optimizer: bool = False, *,
