@@ -113,15 +113,30 @@ def check_untrusted_tensors(tensors: Mapping[str, torch.Tensor],
     Raises :class:`CheckpointError` (one line, starting with ``where``) on the first rule broken.
     Returns notes: the tensors with non-finite values when those were allowed.
     """
+    _check_shapes(tensors, expected_shapes or {}, where)
+    total = _stored_bytes(_storage_regions(tensors, where), where)
+    if file_size is not None and total > file_size:
+        raise CheckpointError(
+            f"{where} is {_fmt_bytes(file_size)} but its tensors claim {_fmt_bytes(total)}; a crafted or broken "
+            "file (the tensors cannot all be stored in it). Nothing was imported.")
+    return _check_values(tensors, allow_nonfinite, where) if check_values else []
+
+
+def _check_shapes(tensors: Mapping[str, torch.Tensor], expected_shapes: Mapping[str, tuple[int, ...]],
+                  where: str) -> None:
     wrong = []
     for key, t in tensors.items():
-        want = (expected_shapes or {}).get(key)
+        want = expected_shapes.get(key)
         if want is not None and tuple(t.shape) != tuple(want):
             wrong.append(f"{key} is {tuple(t.shape)}, expected {tuple(want)}")
     if wrong:
         raise CheckpointError(f"{where} does not match the model config (wrong shapes: {_few(wrong)}). "
                               "Nothing was imported.")
 
+
+def _storage_regions(tensors: Mapping[str, torch.Tensor], where: str) -> dict[Any, list[tuple[int, int, str, tuple]]]:
+    """Each tensor's byte span in its storage, by storage; refuses meta, expanded, self-overlapping and
+    out-of-storage tensors."""
     regions: dict[Any, list[tuple[int, int, str, tuple]]] = {}
     for key, t in tensors.items():
         if t.device.type == "meta":
@@ -153,7 +168,11 @@ def check_untrusted_tensors(tensors: Mapping[str, torch.Tensor],
                                   "broken file.")
         ident = (size, stride, t.dtype)
         regions.setdefault(t.untyped_storage().data_ptr(), []).append((start, end, key, ident))
+    return regions
 
+
+def _stored_bytes(regions: dict[Any, list[tuple[int, int, str, tuple]]], where: str) -> int:
+    """The bytes the tensors need, a tied pair counted once; refuses any other sharing of storage."""
     total = 0
     for spans in regions.values():
         spans.sort(key=lambda span: span[0])  # stable: file order among equal starts
@@ -169,25 +188,21 @@ def check_untrusted_tensors(tensors: Mapping[str, torch.Tensor],
                 continue  # the tied pair: one tensor, counted once
             total += math.prod(ident[0]) * ident[2].itemsize
             widest = span
-    if file_size is not None and total > file_size:
-        raise CheckpointError(
-            f"{where} is {_fmt_bytes(file_size)} but its tensors claim {_fmt_bytes(total)}; a crafted or broken "
-            "file (the tensors cannot all be stored in it). Nothing was imported.")
+    return total
 
-    notes: list[str] = []
-    if check_values:
-        bad = []
-        for key, t in tensors.items():
-            n = _nonfinite_count(t)
-            if n:
-                bad.append(f"{key} ({n:,} of {t.numel():,} values)")
-        if bad and not allow_nonfinite:
-            raise CheckpointError(
-                f"{where} has NaN/inf weights in {_few(bad)}; a model with them produces NaN. Not imported; "
-                "to import it anyway use --allow-nonfinite (allow_nonfinite=True).")
-        if bad:
-            notes.append(f"Imported with NaN/inf values (allowed): {_few(bad)}.")
-    return notes
+
+def _check_values(tensors: Mapping[str, torch.Tensor], allow_nonfinite: bool, where: str) -> list[str]:
+    """Refuses NaN/inf values unless allowed (then a note names them)."""
+    bad = []
+    for key, t in tensors.items():
+        n = _nonfinite_count(t)
+        if n:
+            bad.append(f"{key} ({n:,} of {t.numel():,} values)")
+    if bad and not allow_nonfinite:
+        raise CheckpointError(
+            f"{where} has NaN/inf weights in {_few(bad)}; a model with them produces NaN. Not imported; "
+            "to import it anyway use --allow-nonfinite (allow_nonfinite=True).")
+    return [f"Imported with NaN/inf values (allowed): {_few(bad)}."] if bad else []
 
 
 def load_untrusted_torch_file(path: str | os.PathLike[str]) -> Any:

@@ -410,6 +410,15 @@ class CheckpointStore:
         st_meta = {"format": "pt", "gpttui_format_version": str(FORMAT_VERSION),
                    "aliases": json.dumps(aliases, sort_keys=True)}
 
+        self._write(name, target, may_replace, tensors, st_meta, opt_state, tstate, full_meta)
+        if lease is not None:
+            lease.saved_once = True
+        return target
+
+    def _write(self, name: str, target: Path, may_replace: bool, tensors: dict[str, torch.Tensor],
+               st_meta: dict[str, str], opt_state: Any, tstate: Any, full_meta: dict[str, Any]) -> None:
+        """The files into a hidden ``.tmp-`` folder, fsynced, then renamed into place (a replaced
+        checkpoint moved aside first, deleted last); on failure the old one stays."""
         from safetensors.torch import save_file
 
         tmp = _hidden_dir(".tmp-", name, self.root)
@@ -444,9 +453,6 @@ class CheckpointStore:
             raise
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-        if lease is not None:
-            lease.saved_once = True
-        return target
 
     def rename(self, old: str, new: str) -> Path:
         """Rename ``old`` to ``new`` (which must not exist); refused while either name is in use."""
