@@ -297,34 +297,24 @@ def _read_safetensors(file: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
     return tensors, aliases
 
 
-def _describe_mismatch(expected: Mapping[str, torch.Tensor], got: Mapping[str, torch.Tensor],
-                       where: str) -> str | None:
-    missing = [k for k in expected if k not in got]
-    unexpected = [k for k in got if k not in expected]
-    wrong = [f"{k} is {tuple(got[k].shape)}, expected {tuple(expected[k].shape)}"
-             for k in expected if k in got and tuple(got[k].shape) != tuple(expected[k].shape)]
-
-    def few(items: list[str]) -> str:
-        return ", ".join(items[:5]) + (f" (and {len(items) - 5} more)" if len(items) > 5 else "")
-
-    problems = []
-    if missing:
-        problems.append(f"missing tensors: {few(missing)}")
-    if unexpected:
-        problems.append(f"unexpected tensors: {few(unexpected)}")
-    if wrong:
-        problems.append(f"wrong shapes: {few(wrong)}")
-    return f"{where} does not match the model config ({'; '.join(problems)})." if problems else None
+def _few(items: list[str], n: int = 5) -> str:
+    return ", ".join(items[:n]) + (f" (and {len(items) - n} more)" if len(items) > n else "")
 
 
-def _model_from_tensors(cfg: GPTConfig, tensors: dict[str, torch.Tensor], where: str) -> GPTModel:
-    """A GPTModel built without random init, holding exactly ``tensors`` (strict; tied weights re-tied)."""
+def model_from_state_dict(cfg: GPTConfig, tensors: dict[str, torch.Tensor], where: str) -> GPTModel:
+    """A GPTModel holding exactly ``tensors`` (strict; built on the meta device, so no random weights
+    exist; a tied head re-tied). Every missing, unexpected or mis-shaped tensor is reported at once."""
     with torch.device("meta"):
         model = GPTModel(cfg)
     expected = model.state_dict()
-    problem = _describe_mismatch(expected, tensors, where)
-    if problem:
-        raise CheckpointError(problem)
+    missing = [k for k in expected if k not in tensors]
+    unexpected = [k for k in tensors if k not in expected]
+    wrong = [f"{k} is {tuple(tensors[k].shape)}, expected {tuple(expected[k].shape)}"
+             for k in expected if k in tensors and tuple(tensors[k].shape) != tuple(expected[k].shape)]
+    problems = [f"{what}: {_few(items)}" for what, items in
+                (("missing tensors", missing), ("unexpected tensors", unexpected), ("wrong shapes", wrong)) if items]
+    if problems:
+        raise CheckpointError(f"{where} does not match the model config ({'; '.join(problems)}).")
     try:
         model.load_state_dict(tensors, strict=True, assign=True)
     except RuntimeError as e:

@@ -45,6 +45,7 @@ from typing import Any, Iterator, Mapping
 import torch
 
 from gpttui.core import checkpoints, paths
+from gpttui.core.checkpoints import model_from_state_dict
 from gpttui.core.config import GPT2_SHAPES, GPTConfig
 from gpttui.core.errors import CheckpointError, ConfigError
 from gpttui.core.fileio import atomic_write
@@ -281,29 +282,6 @@ def model_shapes(cfg: GPTConfig) -> dict[str, tuple[int, ...]]:
     with torch.device("meta"):
         model = GPTModel(cfg)
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
-
-
-def model_from_state_dict(cfg: GPTConfig, tensors: dict[str, torch.Tensor], where: str) -> GPTModel:
-    """A GPTModel holding exactly ``tensors`` (strict; built on the meta device, so no random weights
-    exist; a tied head re-tied). Every missing, unexpected or mis-shaped tensor is reported at once."""
-    with torch.device("meta"):
-        model = GPTModel(cfg)
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in tensors]
-    unexpected = [k for k in tensors if k not in expected]
-    wrong = [f"{k} is {tuple(tensors[k].shape)}, expected {tuple(expected[k].shape)}"
-             for k in expected if k in tensors and tuple(tensors[k].shape) != tuple(expected[k].shape)]
-    problems = [f"{what}: {_few(items, 5)}" for what, items in
-                (("missing tensors", missing), ("unexpected tensors", unexpected), ("wrong shapes", wrong)) if items]
-    if problems:
-        raise CheckpointError(f"{where} does not match the model config ({'; '.join(problems)}).")
-    try:
-        model.load_state_dict(tensors, strict=True, assign=True)
-    except RuntimeError as e:
-        raise CheckpointError(f"{where} could not be loaded: {e}") from e
-    if cfg.tie_weights:
-        model.out_head.weight = model.tok_emb.weight
-    return model
 
 
 # ---------------------------------------------------------------------------------------------

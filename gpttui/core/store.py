@@ -37,7 +37,7 @@ from torch import nn
 
 from gpttui.core import paths
 from gpttui.core.checkpoints import (
-    FORMAT_VERSION, META_FILE, MODEL_FILE, OPTIMIZER_FILE, TRAINER_STATE_FILE, _model_from_tensors,
+    FORMAT_VERSION, META_FILE, MODEL_FILE, OPTIMIZER_FILE, TRAINER_STATE_FILE, model_from_state_dict,
     _optimizer_state, _weights_for_disk, _weights_only_safe, capture_rng_state, safe_torch_load, unwrap_model,
     validate_name)
 from gpttui.core.config import GPTConfig
@@ -330,7 +330,7 @@ class CheckpointStore:
         typed = read_meta_file(path)
         cfg = typed.model_config
         tensors = read_weights(path / MODEL_FILE, cfg)
-        model = _model_from_tensors(cfg, tensors, str(path / MODEL_FILE))
+        model = model_from_state_dict(cfg, tensors, str(path / MODEL_FILE))
         model.to(device)
         model.eval()
         optimizer_state = None
