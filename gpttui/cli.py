@@ -9,30 +9,11 @@ import sys
 from typing import Any, Sequence
 
 from gpttui import __version__
+from gpttui.cli_output import EventPrinter, Out, ProgressBar
 from gpttui.core.errors import GPTTUIError
-from gpttui.core.units import format_bytes as _fmt_size, format_count, format_duration as _fmt_time
+from gpttui.core.units import format_bytes as _fmt_size, format_count
 
 EXIT_ERROR = 2
-
-
-# --- output helpers ----------------------------------------------------------------------------------
-
-class Out:
-    """Writes to stdout, and stops writing (without failing the run) once the terminal is gone,
-    e.g. after the SSH link closed."""
-
-    def __init__(self) -> None:
-        self.alive = True
-
-    def __call__(self, text: str = "", err: bool = False) -> None:
-        if not self.alive:
-            return
-        try:
-            stream = sys.stderr if err else sys.stdout
-            stream.write(text + "\n")
-            stream.flush()
-        except (OSError, ValueError):
-            self.alive = False
 
 
 # --- data / tokenizer / model info -------------------------------------------------------------------
@@ -145,49 +126,6 @@ def _train_config(args: argparse.Namespace, meta: Any = None):
     return train_config_for(given, meta)
 
 
-class _EventPrinter:
-    """Prints training events as the book's loop does (one line per evaluation), or as JSON lines."""
-
-    def __init__(self, out: Out, as_json: bool) -> None:
-        self.out = out
-        self.as_json = as_json
-        self.last_step = None
-
-    def __call__(self, event) -> None:
-        from gpttui.core import events as ev
-
-        out = self.out
-        if self.as_json:
-            out(json.dumps(ev.event_record(event)))
-        elif isinstance(event, ev.Started):
-            resumed = f", resumed from {event.resumed_from} at step {event.start_step}" if event.resumed_from else ""
-            out(f"Training {event.n_params:,} parameters on {event.device} ({event.dtype}){resumed}: "
-                f"{event.total_steps:,} steps, {event.tokens_per_step:,} tokens/step, saving as "
-                f"{event.save_name!r}. Run: {event.run_dir}")
-            for note in event.notes:
-                out(f"note: {note}", err=True)
-        elif isinstance(event, ev.StepEvent):
-            self.last_step = event
-        elif isinstance(event, ev.EvalEvent):
-            last = self.last_step
-            extra = f", {last.tokens_per_sec:,.0f} tok/s, ETA {_fmt_time(last.eta)}" if last else ""
-            out(f"Ep {event.epoch} (Step {event.step:06d}): Train loss {event.train_loss:.3f}, "
-                f"Val loss {event.val_loss:.3f}{extra}")
-        elif isinstance(event, ev.SampleEvent):
-            out(event.text.replace("\n", " "))
-        elif isinstance(event, ev.CheckpointEvent):
-            out(f"Saved checkpoint {event.name!r} at step {event.step} -> {event.path}")
-        elif isinstance(event, ev.StateEvent):
-            out("Paused." if event.paused else "Resumed.")
-        elif isinstance(event, ev.FinishedEvent):
-            best = f", best val loss {event.best_val_loss:.3f}" if event.best_val_loss is not None else ""
-            out(f"Finished ({event.reason}) after step {event.step} in {_fmt_time(event.elapsed)}, "
-                f"{event.tokens_seen:,} tokens seen{best}.")
-        elif isinstance(event, ev.FailedEvent):
-            last = f" Last checkpoint: {event.last_checkpoint}." if event.last_checkpoint else ""
-            out(f"error: {event.message}{last}", err=True)
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     from gpttui.core.control import TrainControl
     from gpttui.core.data import prepare_data
@@ -229,7 +167,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if sig is not None:
             signal.signal(sig, on_signal)
 
-    on_event = _EventPrinter(out, as_json=args.json)
+    on_event = EventPrinter(out, as_json=args.json)
     trainer = Trainer(prepared, tokenizer, config, shape.model_config if shape else None, callback=on_event,
                       control=control, resume=args.resume, overwrite=args.overwrite,
                       fresh_optimizer=args.fresh_optimizer)
@@ -386,8 +324,6 @@ def cmd_ckpt_import(args: argparse.Namespace) -> int:
 
 
 def cmd_import_gpt2(args: argparse.Namespace) -> int:
-    import time
-
     from gpttui.core.gpt2_import import import_gpt2, size_name
 
     out = Out()
@@ -395,39 +331,18 @@ def cmd_import_gpt2(args: argparse.Namespace) -> int:
     if not name:
         out("error: give the checkpoint a name: gpttui import-gpt2 SOURCE --name NAME", err=True)
         return EXIT_ERROR
-    tty = sys.stderr.isatty()
-    bar = {"shown": False, "last": 0.0}
-
-    def end_bar() -> None:
-        if bar["shown"]:
-            out("", err=True)
-            bar["shown"] = False
+    bar = ProgressBar(out)
 
     def on_stage(text: str) -> None:
-        end_bar()
+        bar.end()
         out(f"{text}...")
 
-    def progress(done: int, total: int) -> None:  # one line on a terminal, redrawn at most 10 times/s
-        now = time.monotonic()
-        if not tty or (done < total and now - bar["last"] < 0.1):
-            return
-        bar["last"] = now
-        frac = min(done / total, 1.0) if total else 0.0
-        filled = int(30 * frac)
-        try:
-            sys.stderr.write(f"\r  [{'#' * filled}{'.' * (30 - filled)}] {100 * frac:5.1f}%  "
-                             f"{_fmt_size(done)} / {_fmt_size(total)}   ")
-            sys.stderr.flush()
-            bar["shown"] = True
-        except (OSError, ValueError):
-            pass
-
     try:
-        result = import_gpt2(args.source, name, overwrite=args.overwrite, progress=progress, on_stage=on_stage,
+        result = import_gpt2(args.source, name, overwrite=args.overwrite, progress=bar, on_stage=on_stage,
                              local_files_only=args.offline, tokenizer=args.tokenizer,
                              allow_nonfinite=args.allow_nonfinite)
     finally:
-        end_bar()
+        bar.end()
     cfg = result.config
     what = result.size or "GPT-2 weights"
     origin = result.origin.get("repo_id") or result.origin.get("path")
