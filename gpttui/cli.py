@@ -9,54 +9,25 @@ import sys
 from typing import Any, Sequence
 
 from gpttui import __version__
+from gpttui.cli_output import EventPrinter, Out, ProgressBar
 from gpttui.core.errors import GPTTUIError
-from gpttui.core.units import format_bytes as _fmt_size, format_count, format_duration as _fmt_time
+from gpttui.core.units import format_bytes as _fmt_size, format_count
 
 EXIT_ERROR = 2
-
-
-# --- output helpers ----------------------------------------------------------------------------------
-
-class Out:
-    """Writes to stdout, and stops writing (without failing the run) once the terminal is gone,
-    e.g. after the SSH link closed."""
-
-    def __init__(self) -> None:
-        self.alive = True
-
-    def __call__(self, text: str = "", err: bool = False) -> None:
-        if not self.alive:
-            return
-        try:
-            stream = sys.stderr if err else sys.stdout
-            stream.write(text + "\n")
-            stream.flush()
-        except (OSError, ValueError):
-            self.alive = False
 
 
 # --- data / tokenizer / model info -------------------------------------------------------------------
 
 def _data_settings(args: argparse.Namespace, defaults: dict[str, Any] | None = None):
-    from gpttui.core.data import DataSettings
+    """The data settings the arguments give, over ``defaults`` (a plan's); ``--seed`` seeds the split's
+    shuffle too."""
+    from gpttui.core.runplan import data_settings_for
 
-    d = DataSettings()
-    defaults = defaults or {}
-
-    def pick(name: str, fallback: Any) -> Any:
-        value = getattr(args, name, None)
-        return value if value is not None else defaults.get(name, fallback)
-
-    context = pick("context_length", d.context_length)
-    return DataSettings(
-        source=pick("data", d.source),
-        tokenizer=pick("tokenizer", d.tokenizer),
-        context_length=context,
-        stride=pick("stride", None),
-        batch_size=pick("batch_size", d.batch_size),
-        train_ratio=pick("train_ratio", d.train_ratio),
-        seed=pick("seed", d.seed),
-    )
+    given = {"source": getattr(args, "data", None), "tokenizer": getattr(args, "tokenizer", None),
+             "context_length": getattr(args, "context_length", None), "stride": getattr(args, "stride", None),
+             "batch_size": getattr(args, "batch_size", None), "train_ratio": getattr(args, "train_ratio", None),
+             "seed": getattr(args, "seed", None)}
+    return data_settings_for(given, defaults)
 
 
 def cmd_data_stats(args: argparse.Namespace) -> int:
@@ -132,68 +103,55 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 # --- train -----------------------------------------------------------------------------------------
 
-def _model_config(args: argparse.Namespace, vocab_size: int):
-    from gpttui.core.config import preset
+def _run_shape(args: argparse.Namespace):
+    """The new model's shape and the data's context length (the model's, unless --context-length)."""
+    from gpttui.core.runplan import plan_model
+    from gpttui.core.tokenizer import TOKENIZER_VOCAB
 
-    return preset(
-        args.preset,
-        vocab_size=vocab_size,
-        context_length=args.context_length,
-        n_layers=args.n_layers,
-        n_heads=args.n_heads,
-        emb_dim=args.emb_dim,
-        drop_rate=args.drop_rate,
-        qkv_bias=args.qkv_bias,
-        tie_weights=args.tie_weights,
-    )
+    return plan_model(args.preset, vocab_size=TOKENIZER_VOCAB[args.tokenizer or "gpt2"],
+                      context_length=args.context_length, n_layers=args.n_layers, n_heads=args.n_heads,
+                      emb_dim=args.emb_dim, drop_rate=args.drop_rate, qkv_bias=args.qkv_bias,
+                      tie_weights=args.tie_weights)
 
 
-TRAIN_FIELDS = ("epochs", "max_steps", "lr", "min_lr", "weight_decay", "warmup_steps", "grad_clip", "grad_accum",
-                "eval_freq", "eval_iter", "start_context", "sample_tokens", "seed", "device", "dtype",
-                "checkpoint_every")
+def _train_config(args: argparse.Namespace, meta: Any = None):
+    """The training config the arguments give, over the resumed checkpoint's (``meta``), over the defaults."""
+    from gpttui.core.runplan import RESUMED_TRAIN_FIELDS, train_config_for
+
+    given = {name: getattr(args, name) for name in RESUMED_TRAIN_FIELDS if getattr(args, name, None) is not None}
+    if args.grad_clip == 0:
+        given["grad_clip"] = None  # 0 = off
+    given["compile"] = bool(args.compile)
+    given["save_name"] = args.save
+    return train_config_for(given, meta)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from gpttui.core.control import TrainControl
     from gpttui.core.data import prepare_data
+    from gpttui.core.events import FailedEvent
     from gpttui.core.resources import preflight_training
     from gpttui.core.tokenizer import get_tokenizer
-    from gpttui.core.train import (CheckpointEvent, EvalEvent, FailedEvent, FinishedEvent, SampleEvent,
-                                   Started, StateEvent, StepEvent, TrainConfig, TrainControl, Trainer)
+    from gpttui.core.train import Trainer
 
     out = Out()
-    saved_train: dict[str, Any] = {}
-    data_defaults: dict[str, Any] = {}
+    meta = shape = None
     if args.resume:
+        from gpttui.core.runplan import resume_data_defaults
         from gpttui.core.store import default_store
 
         meta = default_store().read_meta(args.resume)  # a clear error for a broken checkpoint
-        saved_train = dict(meta.train_config)
-        ds = meta.dataset or {}
-        data_defaults = {k: ds[k] for k in ("context_length", "stride", "batch_size", "train_ratio") if k in ds}
-        data_defaults.setdefault("context_length", meta.model_config.context_length)
-        if meta.tokenizer:
-            data_defaults["tokenizer"] = meta.tokenizer
-        if "source" in ds and args.data is None:
-            data_defaults["data"] = ds["source"]
-    settings = _data_settings(args, data_defaults)
+        settings = _data_settings(args, resume_data_defaults(meta))
+    else:
+        shape = _run_shape(args)
+        settings = _data_settings(args, {"context_length": shape.context_length})
+    config = _train_config(args, meta)
+    if shape is not None:  # refused with the numbers before anything is built
+        preflight_training(shape.model_config, settings.batch_size, config.device, settings.context_length)
     tokenizer = get_tokenizer(settings.tokenizer)
     prepared = prepare_data(settings, tokenizer, progress=None)
     for w in prepared.stats.warnings:
         out(f"warning: {w}", err=True)
-
-    values = {k: v for k, v in saved_train.items() if k in TRAIN_FIELDS}
-    for name in TRAIN_FIELDS:
-        value = getattr(args, name, None)
-        if value is not None:
-            values[name] = value
-    if args.grad_clip == 0:
-        values["grad_clip"] = None
-    values["compile"] = bool(args.compile)
-    values["save_name"] = args.save
-    config = TrainConfig.from_dict(values)
-    model_config = None if args.resume else _model_config(args, tokenizer.vocab_size)
-    if model_config is not None:  # refused with the numbers before anything is built
-        preflight_training(model_config, settings.batch_size, config.device, settings.context_length)
 
     control = TrainControl()
     caught: list[int] = []
@@ -209,44 +167,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         if sig is not None:
             signal.signal(sig, on_signal)
 
-    state: dict[str, Any] = {"last_step": None}
-
-    def on_event(event) -> None:
-        if args.json:
-            from gpttui.core.train import _jsonable
-
-            out(json.dumps(_jsonable(event.to_dict())))
-            return
-        if isinstance(event, Started):
-            resumed = f", resumed from {event.resumed_from} at step {event.start_step}" if event.resumed_from else ""
-            out(f"Training {event.n_params:,} parameters on {event.device} ({event.dtype}){resumed}: "
-                f"{event.total_steps:,} steps, {event.tokens_per_step:,} tokens/step, saving as "
-                f"{event.save_name!r}. Run: {event.run_dir}")
-            for note in event.notes:
-                out(f"note: {note}", err=True)
-        elif isinstance(event, StepEvent):
-            state["last_step"] = event
-        elif isinstance(event, EvalEvent):
-            last = state["last_step"]
-            extra = f", {last.tokens_per_sec:,.0f} tok/s, ETA {_fmt_time(last.eta)}" if last else ""
-            out(f"Ep {event.epoch} (Step {event.step:06d}): Train loss {event.train_loss:.3f}, "
-                f"Val loss {event.val_loss:.3f}{extra}")
-        elif isinstance(event, SampleEvent):
-            out(event.text.replace("\n", " "))
-        elif isinstance(event, CheckpointEvent):
-            out(f"Saved checkpoint {event.name!r} at step {event.step} -> {event.path}")
-        elif isinstance(event, StateEvent):
-            out("Paused." if event.paused else "Resumed.")
-        elif isinstance(event, FinishedEvent):
-            best = f", best val loss {event.best_val_loss:.3f}" if event.best_val_loss is not None else ""
-            out(f"Finished ({event.reason}) after step {event.step} in {_fmt_time(event.elapsed)}, "
-                f"{event.tokens_seen:,} tokens seen{best}.")
-        elif isinstance(event, FailedEvent):
-            last = f" Last checkpoint: {event.last_checkpoint}." if event.last_checkpoint else ""
-            out(f"error: {event.message}{last}", err=True)
-
-    trainer = Trainer(prepared, tokenizer, config, model_config, callback=on_event, control=control,
-                      resume=args.resume, overwrite=args.overwrite, fresh_optimizer=args.fresh_optimizer)
+    on_event = EventPrinter(out, as_json=args.json)
+    trainer = Trainer(prepared, tokenizer, config, shape.model_config if shape else None, callback=on_event,
+                      control=control, resume=args.resume, overwrite=args.overwrite,
+                      fresh_optimizer=args.fresh_optimizer)
     final = trainer.run()
     if isinstance(final, FailedEvent):
         return 1
@@ -262,8 +186,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     from gpttui.core import checkpoints
     from gpttui.core.generate import SamplingConfig, cast_for_inference, stream
-    from gpttui.core.tokenizer import get_tokenizer
-    from gpttui.core.train import pick_device
+    from gpttui.core.resources import pick_device
+    from gpttui.core.tokenizer import get_tokenizer, tokenizer_for
 
     cfg = SamplingConfig(
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
@@ -272,7 +196,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     ).validate()
     device = pick_device(args.device or "auto")
     loaded = checkpoints.load_checkpoint(args.checkpoint, device=device)
-    tokenizer = get_tokenizer(loaded.meta.get("tokenizer") or ("bytes" if loaded.config.vocab_size == 257 else "gpt2"))
+    tokenizer = get_tokenizer(tokenizer_for(loaded.typed or loaded.meta))
     model = loaded.model
     if args.dtype == "bf16":
         cast_for_inference(model, "bf16")
@@ -400,8 +324,6 @@ def cmd_ckpt_import(args: argparse.Namespace) -> int:
 
 
 def cmd_import_gpt2(args: argparse.Namespace) -> int:
-    import time
-
     from gpttui.core.gpt2_import import import_gpt2, size_name
 
     out = Out()
@@ -409,39 +331,18 @@ def cmd_import_gpt2(args: argparse.Namespace) -> int:
     if not name:
         out("error: give the checkpoint a name: gpttui import-gpt2 SOURCE --name NAME", err=True)
         return EXIT_ERROR
-    tty = sys.stderr.isatty()
-    bar = {"shown": False, "last": 0.0}
-
-    def end_bar() -> None:
-        if bar["shown"]:
-            out("", err=True)
-            bar["shown"] = False
+    bar = ProgressBar(out)
 
     def on_stage(text: str) -> None:
-        end_bar()
+        bar.end()
         out(f"{text}...")
 
-    def progress(done: int, total: int) -> None:  # one line on a terminal, redrawn at most 10 times/s
-        now = time.monotonic()
-        if not tty or (done < total and now - bar["last"] < 0.1):
-            return
-        bar["last"] = now
-        frac = min(done / total, 1.0) if total else 0.0
-        filled = int(30 * frac)
-        try:
-            sys.stderr.write(f"\r  [{'#' * filled}{'.' * (30 - filled)}] {100 * frac:5.1f}%  "
-                             f"{_fmt_size(done)} / {_fmt_size(total)}   ")
-            sys.stderr.flush()
-            bar["shown"] = True
-        except (OSError, ValueError):
-            pass
-
     try:
-        result = import_gpt2(args.source, name, overwrite=args.overwrite, progress=progress, on_stage=on_stage,
+        result = import_gpt2(args.source, name, overwrite=args.overwrite, progress=bar, on_stage=on_stage,
                              local_files_only=args.offline, tokenizer=args.tokenizer,
                              allow_nonfinite=args.allow_nonfinite)
     finally:
-        end_bar()
+        bar.end()
     cfg = result.config
     what = result.size or "GPT-2 weights"
     origin = result.origin.get("repo_id") or result.origin.get("path")
@@ -460,17 +361,15 @@ def cmd_import_gpt2(args: argparse.Namespace) -> int:
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="text file, folder of .txt/.md, or builtin:pydoc (default)")
     p.add_argument("--tokenizer", choices=["gpt2", "bytes"], help="default gpt2")
-    p.add_argument("--context-length", type=int, help="tokens per window (default 256)")
+    p.add_argument("--context-length", type=int,
+                   help="tokens per window (default: the model's context; 256 for data stats)")
     p.add_argument("--stride", type=int, help="window stride (default: the context length)")
     p.add_argument("--batch-size", type=int, help="default 2")
     p.add_argument("--train-ratio", type=float, help="share of characters for training (default 0.9)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gpttui", description="Train GPT models from scratch and talk to them.")
-    parser.add_argument("--version", action="version", version=f"gpttui {__version__}")
-    sub = parser.add_subparsers(dest="command")
-
+def _add_train_parser(sub) -> None:
+    """`gpttui train`."""
     p = sub.add_parser("train", help="train (or continue training) a model, headless")
     _add_data_args(p)
     p.add_argument("--preset", default="gpt2-small",
@@ -507,6 +406,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per event on stdout")
     p.set_defaults(func=cmd_train)
 
+
+def _add_generate_parser(sub) -> None:
+    """`gpttui generate`."""
     p = sub.add_parser("generate", help="continue a prompt with a checkpoint, streaming the text")
     p.add_argument("--checkpoint", required=True, metavar="NAME",
                    help="checkpoint name (see `gpttui checkpoints list`)")
@@ -527,6 +429,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print one JSON object (text, new_tokens, tokens_per_sec, ...) at the end instead")
     p.set_defaults(func=cmd_generate)
 
+
+def _add_inspect_parser(sub) -> None:
+    """`gpttui data`, `gpttui tokenizer` and `gpttui presets`."""
     p = sub.add_parser("data", help="inspect a corpus")
     dsub = p.add_subparsers(dest="data_command", required=True)
     q = dsub.add_parser("stats", help="characters, tokens, windows, batches and the sanity checks")
@@ -551,6 +456,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("presets", help="model presets and their sizes")
     p.set_defaults(func=cmd_presets)
 
+
+def _add_checkpoints_parser(sub) -> None:
+    """`gpttui checkpoints ...`."""
     p = sub.add_parser("checkpoints", help="list, show, rename, delete, export, import checkpoints")
     csub = p.add_subparsers(dest="checkpoints_command", required=True)
     q = csub.add_parser("list")
@@ -584,6 +492,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--allow-nonfinite", action="store_true", help="import weights holding NaN/inf anyway")
     q.set_defaults(func=cmd_ckpt_import)
 
+
+def _add_import_gpt2_parser(sub) -> None:
+    """`gpttui import-gpt2`."""
     p = sub.add_parser("import-gpt2", help="load OpenAI's pretrained GPT-2 weights as a checkpoint")
     p.add_argument("source", help="gpt2-small, gpt2-medium, gpt2-large or gpt2-xl (Hugging Face cache, else "
                                   "the Hub; needs gpttui[hub]), or a folder: config.json + model.safetensors "
@@ -595,6 +506,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the tokenizer the weights go with (default gpt2; bytes for a 257-token vocabulary)")
     p.add_argument("--allow-nonfinite", action="store_true", help="import weights holding NaN/inf anyway")
     p.set_defaults(func=cmd_import_gpt2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gpttui", description="Train GPT models from scratch and talk to them.")
+    parser.add_argument("--version", action="version", version=f"gpttui {__version__}")
+    sub = parser.add_subparsers(dest="command")
+
+    _add_train_parser(sub)
+    _add_generate_parser(sub)
+    _add_inspect_parser(sub)
+    _add_checkpoints_parser(sub)
+    _add_import_gpt2_parser(sub)
     return parser
 
 

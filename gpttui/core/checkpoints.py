@@ -21,10 +21,7 @@ default store.
 
 from __future__ import annotations
 
-import dataclasses
-import datetime as _dt
 import json
-import math
 import os
 import pickle
 import random
@@ -39,7 +36,7 @@ from torch import nn
 from gpttui.core import paths
 from gpttui.core.config import GPTConfig
 from gpttui.core.errors import CheckpointError
-from gpttui.core.model import GPTModel
+from gpttui.core.model import GPTModel, unwrap_model  # noqa: F401  (unwrap_model: re-exported)
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.safetensors"
@@ -153,19 +150,6 @@ def safe_torch_load(path: str | os.PathLike[str]) -> Any:
         raise CheckpointError(f"{path} is corrupt, truncated or not a PyTorch file ({msg}).") from e
 
 
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The module inside ``torch.compile`` (``_orig_mod``) and DataParallel/DDP (``module``) wrappers."""
-    while True:
-        inner = getattr(model, "_orig_mod", None)
-        if isinstance(inner, nn.Module):
-            model = inner
-            continue
-        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-            model = model.module
-            continue
-        return model
-
-
 def clean_state_dict(state_dict: Mapping[str, Any]) -> dict[str, Any]:
     """Keys without ``_orig_mod.`` (torch.compile) and ``module.`` (DataParallel) prefixes."""
     out: dict[str, Any] = {}
@@ -221,34 +205,6 @@ def _weights_only_safe(obj: Any, where: str) -> Any:
                           "(only tensors, numbers, strings, lists, tuples, dicts and numpy arrays).")
 
 
-def _jsonable(obj: Any, where: str) -> Any:
-    """``obj`` as JSON data: NaN/inf become null, numpy and tensor scalars plain numbers."""
-    if isinstance(obj, bool) or obj is None or isinstance(obj, str):
-        return obj
-    if isinstance(obj, int):
-        return int(obj)
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, np.generic):
-        return _jsonable(obj.item(), where)
-    if isinstance(obj, torch.Tensor) and obj.numel() == 1:
-        return _jsonable(obj.item(), where)
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    if isinstance(obj, (_dt.datetime, _dt.date)):
-        return obj.isoformat()
-    if isinstance(obj, GPTConfig):
-        return obj.to_dict()
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return _jsonable(dataclasses.asdict(obj), where)
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v, f"{where}[{k!r}]") for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, set, frozenset)):
-        items = sorted(obj, key=repr) if isinstance(obj, (set, frozenset)) else obj
-        return [_jsonable(v, f"{where}[{i}]") for i, v in enumerate(items)]
-    raise CheckpointError(f"{where} is a {type(obj).__name__}, which cannot be written to {META_FILE}.")
-
-
 # ---------------------------------------------------------------------------------------------
 # RNG state (for trainer_state.pt)
 # ---------------------------------------------------------------------------------------------
@@ -282,41 +238,6 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
         s = state["numpy"]
         np.random.set_state((s["bit_generator"], np.asarray(s["keys"], dtype=np.uint32), int(s["pos"]),
                              int(s["has_gauss"]), float(s["cached_gaussian"])))
-
-
-# ---------------------------------------------------------------------------------------------
-# Durable writes
-# ---------------------------------------------------------------------------------------------
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    if os.name == "nt":  # directories cannot be opened for fsync on Windows
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_json(path: Path, data: Any) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, allow_nan=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _torch_save(obj: Any, path: Path) -> None:
-    with open(path, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -376,34 +297,24 @@ def _read_safetensors(file: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
     return tensors, aliases
 
 
-def _describe_mismatch(expected: Mapping[str, torch.Tensor], got: Mapping[str, torch.Tensor],
-                       where: str) -> str | None:
-    missing = [k for k in expected if k not in got]
-    unexpected = [k for k in got if k not in expected]
-    wrong = [f"{k} is {tuple(got[k].shape)}, expected {tuple(expected[k].shape)}"
-             for k in expected if k in got and tuple(got[k].shape) != tuple(expected[k].shape)]
-
-    def few(items: list[str]) -> str:
-        return ", ".join(items[:5]) + (f" (and {len(items) - 5} more)" if len(items) > 5 else "")
-
-    problems = []
-    if missing:
-        problems.append(f"missing tensors: {few(missing)}")
-    if unexpected:
-        problems.append(f"unexpected tensors: {few(unexpected)}")
-    if wrong:
-        problems.append(f"wrong shapes: {few(wrong)}")
-    return f"{where} does not match the model config ({'; '.join(problems)})." if problems else None
+def _few(items: list[str], n: int = 5) -> str:
+    return ", ".join(items[:n]) + (f" (and {len(items) - n} more)" if len(items) > n else "")
 
 
-def _model_from_tensors(cfg: GPTConfig, tensors: dict[str, torch.Tensor], where: str) -> GPTModel:
-    """A GPTModel built without random init, holding exactly ``tensors`` (strict; tied weights re-tied)."""
+def model_from_state_dict(cfg: GPTConfig, tensors: dict[str, torch.Tensor], where: str) -> GPTModel:
+    """A GPTModel holding exactly ``tensors`` (strict; built on the meta device, so no random weights
+    exist; a tied head re-tied). Every missing, unexpected or mis-shaped tensor is reported at once."""
     with torch.device("meta"):
         model = GPTModel(cfg)
     expected = model.state_dict()
-    problem = _describe_mismatch(expected, tensors, where)
-    if problem:
-        raise CheckpointError(problem)
+    missing = [k for k in expected if k not in tensors]
+    unexpected = [k for k in tensors if k not in expected]
+    wrong = [f"{k} is {tuple(tensors[k].shape)}, expected {tuple(expected[k].shape)}"
+             for k in expected if k in tensors and tuple(tensors[k].shape) != tuple(expected[k].shape)]
+    problems = [f"{what}: {_few(items)}" for what, items in
+                (("missing tensors", missing), ("unexpected tensors", unexpected), ("wrong shapes", wrong)) if items]
+    if problems:
+        raise CheckpointError(f"{where} does not match the model config ({'; '.join(problems)}).")
     try:
         model.load_state_dict(tensors, strict=True, assign=True)
     except RuntimeError as e:

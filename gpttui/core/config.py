@@ -1,8 +1,11 @@
-"""Model configuration: the book's config dict as a dataclass, plus named presets."""
+"""Configuration: the model's shape (the book's config dict as a dataclass, plus named presets) and the
+training settings (:class:`TrainConfig`, the book's chapter-5 run by default)."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -122,4 +125,99 @@ GPT_CONFIG_124M: dict[str, Any] = {
     "qkv_bias": False,
 }
 
-__all__ = ["GPTConfig", "preset", "PRESETS", "GPT2_SHAPES", "GPT2_MAX_CONTEXT", "GPT_CONFIG_124M", "BOOK_KEYS"]
+@dataclass
+class TrainConfig:
+    """Training settings; the defaults are the book's chapter-5 run."""
+
+    epochs: int = 10
+    max_steps: int | None = None
+    lr: float = 4e-4
+    min_lr: float | None = None  # with a value: cosine decay to it after warmup
+    weight_decay: float = 0.1
+    warmup_steps: int = 0
+    grad_clip: float | None = None
+    grad_accum: int = 1
+    eval_freq: int = 5
+    eval_iter: int = 5
+    start_context: str = "Every effort moves you"
+    sample_tokens: int = 50
+    sample_at_eval: bool = False
+    seed: int = 123
+    device: str = "auto"
+    dtype: str = "fp32"  # fp32 | bf16
+    compile: bool = False
+    save_name: str | None = None
+    checkpoint_every: int = 0
+
+    def validate(self) -> None:
+        problems = []
+
+        def whole(value: Any) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool)
+
+        def finite(value: Any) -> bool:  # nan and inf are not: `not x > 0` lets inf through
+            return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+        if not whole(self.epochs) or self.epochs < 1:
+            problems.append(f"epochs must be a whole number >= 1 (got {self.epochs!r})")
+        if self.max_steps is not None and (not whole(self.max_steps) or self.max_steps < 1):
+            problems.append(f"max steps must be a whole number >= 1 (got {self.max_steps!r})")
+        if not finite(self.lr) or not self.lr > 0:
+            problems.append(f"learning rate must be a finite number > 0 (got {self.lr!r})")
+        if self.min_lr is not None:
+            if not finite(self.min_lr) or self.min_lr < 0:
+                problems.append(f"min lr must be a finite number >= 0 (got {self.min_lr!r})")
+            elif finite(self.lr) and self.min_lr > self.lr:
+                problems.append(f"min lr ({self.min_lr!r}) must not exceed the learning rate ({self.lr!r})")
+        if not finite(self.weight_decay) or self.weight_decay < 0:
+            problems.append(f"weight decay must be a finite number >= 0 (got {self.weight_decay!r})")
+        if not whole(self.warmup_steps) or self.warmup_steps < 0:
+            problems.append(f"warmup steps must be a whole number >= 0 (got {self.warmup_steps!r})")
+        if self.grad_clip is not None and (not finite(self.grad_clip) or not self.grad_clip > 0):
+            problems.append(f"grad clip must be a finite number > 0, or off (got {self.grad_clip!r})")
+        if not whole(self.grad_accum) or self.grad_accum < 1:
+            problems.append(f"grad accumulation must be a whole number >= 1 (got {self.grad_accum!r})")
+        if not whole(self.eval_freq) or not whole(self.eval_iter) or self.eval_freq < 1 or self.eval_iter < 1:
+            problems.append(f"eval freq and eval iter must be whole numbers >= 1 "
+                            f"(got {self.eval_freq!r} and {self.eval_iter!r})")
+        if not whole(self.sample_tokens):
+            problems.append(f"sample tokens must be a whole number, 0 for none (got {self.sample_tokens!r})")
+        if self.dtype not in ("fp32", "bf16"):
+            problems.append(f"dtype must be fp32 or bf16 (got {self.dtype!r})")
+        if not whole(self.checkpoint_every) or self.checkpoint_every < 0:
+            problems.append(f"checkpoint-every must be a whole number >= 0 (got {self.checkpoint_every!r})")
+        if problems:
+            raise ConfigError("Invalid training config: " + "; ".join(problems) + ".")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in d.items() if k in names}
+        _check_field_types(cls, values, "training config")
+        return cls(**values)
+
+
+_FIELD_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "dict": (dict,),
+                "list": (list,)}
+
+
+def _check_field_types(cls: type, values: dict[str, Any], what: str) -> None:
+    """Values read from a file must have their field's type (``int | None`` and the like), or a
+    :class:`ConfigError` names the field."""
+    for f in dataclasses.fields(cls):
+        if f.name not in values:
+            continue
+        value = values[f.name]
+        parts = [p.strip() for p in str(f.type).split("|")]
+        if value is None and "None" in parts:
+            continue
+        allowed = tuple(t for p in parts for t in _FIELD_TYPES.get(p, (object,)))
+        if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+            raise ConfigError(f"The {what} has {f.name} = {json.dumps(value, default=str)[:40]}, which should "
+                              f"be {f.type}.")
+
+
+__all__ = ["TrainConfig", "GPTConfig", "preset", "PRESETS", "GPT2_SHAPES", "GPT2_MAX_CONTEXT", "GPT_CONFIG_124M", "BOOK_KEYS"]

@@ -26,6 +26,7 @@ import torch
 
 from gpttui.core import paths
 from gpttui.core.errors import DataError
+from gpttui.core.fileio import atomic_write
 from gpttui.core.tokenizer import ENDOFTEXT, Tokenizer
 
 BUILTIN_SOURCES = {
@@ -287,13 +288,10 @@ def tokenize_corpus(corpus: Corpus, tokenizer: Tokenizer, progress: ProgressFn |
     index = np.stack([np.asarray(bounds, dtype=np.int64), np.asarray(counts, dtype=np.int64)], axis=1)
     if use_cache:
         for path, arr in ((tok_path, tokens), (idx_path, index)):
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
             try:
-                with open(tmp, "wb") as f:
-                    np.save(f, arr)
-                os.replace(tmp, path)
+                atomic_write(path, lambda f, arr=arr: np.save(f, arr), durable=False)
             except OSError:
-                tmp.unlink(missing_ok=True)  # a full or read-only cache only costs speed
+                pass  # a full or read-only cache only costs speed
     return TokenizedCorpus(corpus, tokenizer, tokens, index[:, 0], index[:, 1], False)
 
 

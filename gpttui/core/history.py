@@ -16,8 +16,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from gpttui.core.train import (CheckpointEvent, EvalEvent, Event, EVENT_TYPES, FailedEvent, FinishedEvent,
-                               SampleEvent, Started, StateEvent, StepEvent, read_run_events)
+from gpttui.core.events import (CheckpointEvent, EvalEvent, Event, EVENT_TYPES, FailedEvent, FinishedEvent,
+                                SampleEvent, Started, StateEvent, StepEvent, read_run_events)
 
 
 @dataclass

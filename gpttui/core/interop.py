@@ -37,7 +37,6 @@ import copy
 import math
 import os
 import re
-import secrets
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,16 +45,16 @@ from typing import Any, Iterator, Mapping
 import torch
 
 from gpttui.core import checkpoints, paths
+from gpttui.core.checkpoints import model_from_state_dict
 from gpttui.core.config import GPT2_SHAPES, GPTConfig
 from gpttui.core.errors import CheckpointError, ConfigError
+from gpttui.core.fileio import atomic_write
 from gpttui.core.model import GPTModel, book_state_dict
+from gpttui.core.tokenizer import TOKENIZER_VOCAB, infer_tokenizer  # noqa: F401  (re-exported)
 
 BOOK_MODEL_FILE = "model.pth"
 BOOK_MODEL_AND_OPTIMIZER_FILE = "model_and_optimizer.pth"
 BOOK_SOURCE = "imported-book"
-
-# Tokenizer name -> its vocabulary size (gpttui.core.tokenizer builds them; the sizes are fixed).
-TOKENIZER_VOCAB: dict[str, int] = {"bytes": 257, "gpt2": 50257}
 
 # Pairs of names that may legitimately be one tensor saved twice (a tied output head).
 TIED_PAIRS: frozenset[frozenset[str]] = frozenset({
@@ -115,15 +114,30 @@ def check_untrusted_tensors(tensors: Mapping[str, torch.Tensor],
     Raises :class:`CheckpointError` (one line, starting with ``where``) on the first rule broken.
     Returns notes: the tensors with non-finite values when those were allowed.
     """
+    _check_shapes(tensors, expected_shapes or {}, where)
+    total = _stored_bytes(_storage_regions(tensors, where), where)
+    if file_size is not None and total > file_size:
+        raise CheckpointError(
+            f"{where} is {_fmt_bytes(file_size)} but its tensors claim {_fmt_bytes(total)}; a crafted or broken "
+            "file (the tensors cannot all be stored in it). Nothing was imported.")
+    return _check_values(tensors, allow_nonfinite, where) if check_values else []
+
+
+def _check_shapes(tensors: Mapping[str, torch.Tensor], expected_shapes: Mapping[str, tuple[int, ...]],
+                  where: str) -> None:
     wrong = []
     for key, t in tensors.items():
-        want = (expected_shapes or {}).get(key)
+        want = expected_shapes.get(key)
         if want is not None and tuple(t.shape) != tuple(want):
             wrong.append(f"{key} is {tuple(t.shape)}, expected {tuple(want)}")
     if wrong:
         raise CheckpointError(f"{where} does not match the model config (wrong shapes: {_few(wrong)}). "
                               "Nothing was imported.")
 
+
+def _storage_regions(tensors: Mapping[str, torch.Tensor], where: str) -> dict[Any, list[tuple[int, int, str, tuple]]]:
+    """Each tensor's byte span in its storage, by storage; refuses meta, expanded, self-overlapping and
+    out-of-storage tensors."""
     regions: dict[Any, list[tuple[int, int, str, tuple]]] = {}
     for key, t in tensors.items():
         if t.device.type == "meta":
@@ -155,7 +169,11 @@ def check_untrusted_tensors(tensors: Mapping[str, torch.Tensor],
                                   "broken file.")
         ident = (size, stride, t.dtype)
         regions.setdefault(t.untyped_storage().data_ptr(), []).append((start, end, key, ident))
+    return regions
 
+
+def _stored_bytes(regions: dict[Any, list[tuple[int, int, str, tuple]]], where: str) -> int:
+    """The bytes the tensors need, a tied pair counted once; refuses any other sharing of storage."""
     total = 0
     for spans in regions.values():
         spans.sort(key=lambda span: span[0])  # stable: file order among equal starts
@@ -171,25 +189,21 @@ def check_untrusted_tensors(tensors: Mapping[str, torch.Tensor],
                 continue  # the tied pair: one tensor, counted once
             total += math.prod(ident[0]) * ident[2].itemsize
             widest = span
-    if file_size is not None and total > file_size:
-        raise CheckpointError(
-            f"{where} is {_fmt_bytes(file_size)} but its tensors claim {_fmt_bytes(total)}; a crafted or broken "
-            "file (the tensors cannot all be stored in it). Nothing was imported.")
+    return total
 
-    notes: list[str] = []
-    if check_values:
-        bad = []
-        for key, t in tensors.items():
-            n = _nonfinite_count(t)
-            if n:
-                bad.append(f"{key} ({n:,} of {t.numel():,} values)")
-        if bad and not allow_nonfinite:
-            raise CheckpointError(
-                f"{where} has NaN/inf weights in {_few(bad)}; a model with them produces NaN. Not imported; "
-                "to import it anyway use --allow-nonfinite (allow_nonfinite=True).")
-        if bad:
-            notes.append(f"Imported with NaN/inf values (allowed): {_few(bad)}.")
-    return notes
+
+def _check_values(tensors: Mapping[str, torch.Tensor], allow_nonfinite: bool, where: str) -> list[str]:
+    """Refuses NaN/inf values unless allowed (then a note names them)."""
+    bad = []
+    for key, t in tensors.items():
+        n = _nonfinite_count(t)
+        if n:
+            bad.append(f"{key} ({n:,} of {t.numel():,} values)")
+    if bad and not allow_nonfinite:
+        raise CheckpointError(
+            f"{where} has NaN/inf weights in {_few(bad)}; a model with them produces NaN. Not imported; "
+            "to import it anyway use --allow-nonfinite (allow_nonfinite=True).")
+    return [f"Imported with NaN/inf values (allowed): {_few(bad)}."] if bad else []
 
 
 def load_untrusted_torch_file(path: str | os.PathLike[str]) -> Any:
@@ -236,16 +250,6 @@ def _tensors_in(obj: Any, where: str) -> Iterator[tuple[str, torch.Tensor]]:
 # ---------------------------------------------------------------------------------------------
 
 
-def infer_tokenizer(vocab_size: int) -> str | None:
-    """The tokenizer a model with ``vocab_size`` tokens was trained with: ``gpt2`` from 50257 (padded sizes
-    such as 50304 included), ``bytes`` from 257, ``None`` below (no gpttui tokenizer fits)."""
-    if vocab_size >= TOKENIZER_VOCAB["gpt2"]:
-        return "gpt2"
-    if vocab_size >= TOKENIZER_VOCAB["bytes"]:
-        return "bytes"
-    return None
-
-
 def check_tokenizer(vocab_size: int, tokenizer: str | None, where: str = "The model") -> str:
     """The tokenizer to record for a model with ``vocab_size`` tokens: ``tokenizer`` if the model can
     generate with it (its vocabulary is at least the tokenizer's), inferred when ``None``. Else raises."""
@@ -278,29 +282,6 @@ def model_shapes(cfg: GPTConfig) -> dict[str, tuple[int, ...]]:
     with torch.device("meta"):
         model = GPTModel(cfg)
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
-
-
-def model_from_state_dict(cfg: GPTConfig, tensors: dict[str, torch.Tensor], where: str) -> GPTModel:
-    """A GPTModel holding exactly ``tensors`` (strict; built on the meta device, so no random weights
-    exist; a tied head re-tied). Every missing, unexpected or mis-shaped tensor is reported at once."""
-    with torch.device("meta"):
-        model = GPTModel(cfg)
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in tensors]
-    unexpected = [k for k in tensors if k not in expected]
-    wrong = [f"{k} is {tuple(tensors[k].shape)}, expected {tuple(expected[k].shape)}"
-             for k in expected if k in tensors and tuple(tensors[k].shape) != tuple(expected[k].shape)]
-    problems = [f"{what}: {_few(items, 5)}" for what, items in
-                (("missing tensors", missing), ("unexpected tensors", unexpected), ("wrong shapes", wrong)) if items]
-    if problems:
-        raise CheckpointError(f"{where} does not match the model config ({'; '.join(problems)}).")
-    try:
-        model.load_state_dict(tensors, strict=True, assign=True)
-    except RuntimeError as e:
-        raise CheckpointError(f"{where} could not be loaded: {e}") from e
-    if cfg.tie_weights:
-        model.out_head.weight = model.tok_emb.weight
-    return model
 
 
 # ---------------------------------------------------------------------------------------------
@@ -532,37 +513,16 @@ def export_target(path: str | os.PathLike[str], with_optimizer: bool = False, *,
 
 
 def _write_book_file(obj: Any, out: Path, *, force: bool) -> None:
-    """``torch.save(obj)`` to ``out`` atomically: a hidden temporary file beside it, fsynced, then put in
-    place. With ``force`` by ``os.replace`` (an existing file, or a symbolic link itself, is replaced as a
-    whole: a file it links to is not written into). Without, by ``os.link`` of the temporary file to
-    ``out``, which fails if ``out`` exists, even one created since the checks (O_EXCL semantics). Where the
-    file system has no hard links, the existence check is repeated just before ``os.replace``: a file
-    created in between those two calls could still be replaced."""
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    """``torch.save(obj)`` to ``out`` atomically (:func:`gpttui.core.fileio.atomic_write`). With ``force``
+    an existing file (or a symbolic link itself) is replaced as a whole; without, ``out`` is never
+    clobbered, even by a file created since the checks (O_EXCL semantics)."""
     try:
-        with open(tmp, "xb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        if force:
-            os.replace(tmp, out)
-        else:
-            try:
-                os.link(tmp, out)
-            except FileExistsError:
-                raise CheckpointError(f"{out} already exists and was not overwritten; choose another path, or "
-                                      "replace it with --force.") from None
-            except OSError:  # no hard links here (FAT, some network file systems)
-                if os.path.lexists(out):
-                    raise CheckpointError(f"{out} already exists and was not overwritten; choose another path, "
-                                          "or replace it with --force.") from None
-                os.replace(tmp, out)
-        checkpoints._fsync_dir(out.parent)
+        atomic_write(out, lambda f: torch.save(obj, f), replace=force)
+    except FileExistsError:
+        raise CheckpointError(f"{out} already exists and was not overwritten; choose another path, or "
+                              "replace it with --force.") from None
     except OSError as e:
         raise CheckpointError(f"Could not write {out}: {e}") from e
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
 
 
 def export_book(name: str, path: str | os.PathLike[str], with_optimizer: bool = False, *,

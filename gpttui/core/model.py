@@ -245,10 +245,23 @@ def generation_memory_estimate(cfg: GPTConfig, rows: int = 1, bytes_per_value: i
     return rows * (2 * kv + window + scores + 16 * t)
 
 
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The module inside ``torch.compile`` (``_orig_mod``) and DataParallel/DDP (``module``) wrappers."""
+    while True:
+        inner = getattr(model, "_orig_mod", None)
+        if isinstance(inner, nn.Module):
+            model = inner
+            continue
+        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+            continue
+        return model
+
+
 def book_state_dict(model: GPTModel) -> dict[str, torch.Tensor]:
     """Our weights under the book's exact keys, ``att.mask`` buffers included, untied copies."""
     cfg = model.cfg
-    sd = {k.removeprefix("_orig_mod."): v.detach().clone() for k, v in model.state_dict().items()}
+    sd = {k: v.detach().clone() for k, v in unwrap_model(model).state_dict().items()}
     mask = torch.triu(torch.ones(cfg.context_length, cfg.context_length), diagonal=1)
     out: dict[str, torch.Tensor] = {}
     for key, value in sd.items():

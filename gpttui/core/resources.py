@@ -1,6 +1,7 @@
 """Memory checks made before big allocations, so a setting that cannot fit is refused with the numbers
 (needed vs free) instead of growing until the machine runs out.
 
+- :func:`pick_device`: the device a name (``auto``, ``cpu``, ``cuda:1``, ``mps``) stands for.
 - :func:`available_memory`: bytes free on a device, or None when it cannot be told. CPU: the kernel's
   ``MemAvailable`` (Linux), lowered to what the process's cgroup (a container's limit) still allows;
   CUDA: ``torch.cuda.mem_get_info`` plus what torch's allocator holds unused; MPS: the recommended
@@ -102,12 +103,26 @@ def _cgroup_available() -> int | None:
     return best
 
 
-def _device(device: torch.device | str) -> torch.device:
-    if isinstance(device, torch.device):
-        return device
-    from gpttui.core.train import pick_device  # lazy: train imports much more than this module needs
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"Unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("CUDA was asked for but no CUDA GPU is available; use --device cpu or auto.")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError("MPS was asked for but is not available; use --device cpu or auto.")
+    return device
 
-    return pick_device(device)
+
+def _device(device: torch.device | str) -> torch.device:
+    return device if isinstance(device, torch.device) else pick_device(device)
 
 
 def available_memory(device: torch.device | str = "cpu") -> int | None:

@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Protocol, Sequence
+from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 from gpttui.core import paths
 from gpttui.core.errors import TokenizerError
+from gpttui.core.fileio import atomic_write
 
 ENDOFTEXT = "<|endoftext|>"
 BPE_DIR_ENV = "GPTTUI_GPT2_BPE_DIR"
@@ -39,6 +39,40 @@ TOKENIZERS = {
     "gpt2": "GPT-2 BPE (50,257 tokens), as the book uses",
     "bytes": "UTF-8 bytes (257 tokens), needs no files",
 }
+# Tokenizer name -> its vocabulary size (the sizes are fixed).
+TOKENIZER_VOCAB: dict[str, int] = {"bytes": 257, "gpt2": 50257}
+
+
+def infer_tokenizer(vocab_size: int) -> str | None:
+    """The tokenizer a model with ``vocab_size`` tokens was trained with: ``gpt2`` from 50257 (padded sizes
+    such as 50304 included), ``bytes`` from 257, ``None`` below (no gpttui tokenizer fits)."""
+    if vocab_size >= TOKENIZER_VOCAB["gpt2"]:
+        return "gpt2"
+    if vocab_size >= TOKENIZER_VOCAB["bytes"]:
+        return "bytes"
+    return None
+
+
+def tokenizer_for(source: Any) -> str:
+    """The tokenizer a checkpoint needs: the one its meta.json records, else the one its vocabulary
+    size fits (:func:`infer_tokenizer`). ``source`` is a :class:`~gpttui.core.meta.CheckpointMeta`, a
+    raw meta.json dict, a :class:`~gpttui.core.config.GPTConfig` (or its dict), or a vocabulary size.
+    :class:`TokenizerError` when no tokenizer fits the vocabulary."""
+    if isinstance(source, Mapping):
+        recorded, config = source.get("tokenizer"), source.get("model_config", source)
+        vocab = config.get("vocab_size") if isinstance(config, Mapping) else getattr(config, "vocab_size", None)
+    elif isinstance(source, int) and not isinstance(source, bool):
+        recorded, vocab = None, source
+    else:
+        recorded = getattr(source, "tokenizer", None)
+        vocab = getattr(getattr(source, "model_config", source), "vocab_size", None)
+    if isinstance(recorded, str) and recorded in TOKENIZERS:
+        return recorded
+    name = infer_tokenizer(vocab) if isinstance(vocab, int) and not isinstance(vocab, bool) else None
+    if name is None:
+        raise TokenizerError(f"A vocabulary of {vocab} tokens fits no gpttui tokenizer "
+                             f"({', '.join(f'{k} {v}' for k, v in TOKENIZER_VOCAB.items())}).")
+    return name
 
 
 class Tokenizer(Protocol):
@@ -276,9 +310,7 @@ def import_gpt2_files(directory: str | os.PathLike) -> Path:
     dest = gpt2_data_dir()
     dest.mkdir(parents=True, exist_ok=True)
     for name, path in files.items():
-        tmp = dest / (name + ".tmp")
-        shutil.copyfile(path, tmp)
-        os.replace(tmp, dest / name)
+        atomic_write(dest / name, path.read_bytes())
     forget_cached()
     return dest
 

@@ -1,0 +1,102 @@
+"""How the command line prints: lines that stop quietly once the terminal is gone, training events as the
+book's loop prints them (or as JSON lines), and a one-line progress bar."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+from gpttui.core.units import format_bytes, format_duration
+
+
+class Out:
+    """Writes to stdout, and stops writing (without failing the run) once the terminal is gone,
+    e.g. after the SSH link closed."""
+
+    def __init__(self) -> None:
+        self.alive = True
+
+    def __call__(self, text: str = "", err: bool = False) -> None:
+        if not self.alive:
+            return
+        try:
+            stream = sys.stderr if err else sys.stdout
+            stream.write(text + "\n")
+            stream.flush()
+        except (OSError, ValueError):
+            self.alive = False
+
+
+class EventPrinter:
+    """Prints training events as the book's loop does (one line per evaluation), or as JSON lines."""
+
+    def __init__(self, out: Out, as_json: bool) -> None:
+        self.out = out
+        self.as_json = as_json
+        self.last_step = None
+
+    def __call__(self, event) -> None:
+        from gpttui.core import events as ev
+
+        out = self.out
+        if self.as_json:
+            out(json.dumps(ev.event_record(event)))
+        elif isinstance(event, ev.Started):
+            resumed = f", resumed from {event.resumed_from} at step {event.start_step}" if event.resumed_from else ""
+            out(f"Training {event.n_params:,} parameters on {event.device} ({event.dtype}){resumed}: "
+                f"{event.total_steps:,} steps, {event.tokens_per_step:,} tokens/step, saving as "
+                f"{event.save_name!r}. Run: {event.run_dir}")
+            for note in event.notes:
+                out(f"note: {note}", err=True)
+        elif isinstance(event, ev.StepEvent):
+            self.last_step = event
+        elif isinstance(event, ev.EvalEvent):
+            last = self.last_step
+            extra = f", {last.tokens_per_sec:,.0f} tok/s, ETA {format_duration(last.eta)}" if last else ""
+            out(f"Ep {event.epoch} (Step {event.step:06d}): Train loss {event.train_loss:.3f}, "
+                f"Val loss {event.val_loss:.3f}{extra}")
+        elif isinstance(event, ev.SampleEvent):
+            out(event.text.replace("\n", " "))
+        elif isinstance(event, ev.CheckpointEvent):
+            out(f"Saved checkpoint {event.name!r} at step {event.step} -> {event.path}")
+        elif isinstance(event, ev.StateEvent):
+            out("Paused." if event.paused else "Resumed.")
+        elif isinstance(event, ev.FinishedEvent):
+            best = f", best val loss {event.best_val_loss:.3f}" if event.best_val_loss is not None else ""
+            out(f"Finished ({event.reason}) after step {event.step} in {format_duration(event.elapsed)}, "
+                f"{event.tokens_seen:,} tokens seen{best}.")
+        elif isinstance(event, ev.FailedEvent):
+            last = f" Last checkpoint: {event.last_checkpoint}." if event.last_checkpoint else ""
+            out(f"error: {event.message}{last}", err=True)
+
+
+class ProgressBar:
+    """``bar(done, total)``: one line on stderr when it is a terminal, redrawn at most 10 times a second;
+    :meth:`end` ends the line (before other output)."""
+
+    def __init__(self, out: Out) -> None:
+        self.out = out
+        self.tty = sys.stderr.isatty()
+        self.shown = False
+        self.last = 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if not self.tty or (done < total and now - self.last < 0.1):
+            return
+        self.last = now
+        frac = min(done / total, 1.0) if total else 0.0
+        filled = int(30 * frac)
+        try:
+            sys.stderr.write(f"\r  [{'#' * filled}{'.' * (30 - filled)}] {100 * frac:5.1f}%  "
+                             f"{format_bytes(done)} / {format_bytes(total)}   ")
+            sys.stderr.flush()
+            self.shown = True
+        except (OSError, ValueError):
+            pass
+
+    def end(self) -> None:
+        if self.shown:
+            self.out("", err=True)
+            self.shown = False
