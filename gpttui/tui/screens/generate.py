@@ -21,8 +21,8 @@ from gpttui.core import checkpoints
 from gpttui.core.errors import GPTTUIError
 from gpttui.core.generate import GenerationResult, SamplingConfig, TokenEvent, parse_stop_strings, stream
 from gpttui.core.model import GPTModel
-from gpttui.core.tokenizer import get_tokenizer
-from gpttui.core.train import pick_device
+from gpttui.core.tokenizer import get_tokenizer, tokenizer_for
+from gpttui.core.resources import pick_device
 from gpttui.tui.listing import ListsCheckpoints
 from gpttui.tui.messages import CheckpointsListed, GenerationChunk, GenerationDone
 from gpttui.tui.render import token_details, turn_text
@@ -209,7 +209,7 @@ class GenerateScreen(ListsCheckpoints, Screen):
         if key not in self._models:
             loaded = checkpoints.load_checkpoint(name, device=pick_device("auto"))
             self._models = {k: v for k, v in self._models.items() if k[0] != name}
-            self._models[key] = (loaded.model, loaded.meta.get("tokenizer") or "gpt2")
+            self._models[key] = (loaded.model, tokenizer_for(loaded.typed))
         return self._models[key]
 
     # -- sampling settings

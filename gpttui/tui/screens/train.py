@@ -20,7 +20,8 @@ from gpttui.core.tokenizer import get_tokenizer
 from gpttui.core.data import PreparedData, prepare_data
 from gpttui.core.units import format_bytes as _fmt_bytes, format_count
 from gpttui.core.store import default_store
-from gpttui.core.train import TrainConfig, Trainer, dataset_matches, plan_save, prepare_checkpoint_data
+from gpttui.core.runplan import checkpoint_data_settings, dataset_matches, plan_save, prepare_checkpoint_data
+from gpttui.core.train import TrainConfig, Trainer
 from gpttui.tui.dialogs import ConfirmDialog, ContinueDialog
 from gpttui.tui.listing import ListsCheckpoints
 from gpttui.tui.messages import CheckpointsListed
@@ -167,17 +168,20 @@ class TrainScreen(ListsCheckpoints, Screen):
     def model_config(self) -> GPTConfig:
         """The shape in the form; its context is the preset's own unless the user edited it (the model
         owns the context: the data's windows follow it unless set on the Dataset screen)."""
-        settings = self.app.state.settings
-        vocab = 257 if settings.tokenizer == "bytes" else 50257
-        return GPTConfig(
-            vocab_size=vocab, context_length=read_field(self.query_one("#model_context", Input), "int"),
+        from gpttui.core.runplan import plan_model
+        from gpttui.core.tokenizer import TOKENIZER_VOCAB
+
+        return plan_model(
+            str(self.query_one("#preset", Select).value),
+            vocab_size=TOKENIZER_VOCAB.get(self.app.state.settings.tokenizer, TOKENIZER_VOCAB["gpt2"]),
+            context_length=read_field(self.query_one("#model_context", Input), "int"),
             n_layers=read_field(self.query_one("#n_layers", Input), "int"),
             n_heads=read_field(self.query_one("#n_heads", Input), "int"),
             emb_dim=read_field(self.query_one("#emb_dim", Input), "int"),
             drop_rate=read_field(self.query_one("#drop_rate", Input), "float"),
             qkv_bias=self.query_one("#qkv_bias", Checkbox).value,
             tie_weights=self.query_one("#tie_weights", Checkbox).value,
-        )
+        ).model_config
 
     def train_config(self) -> TrainConfig:
         values: dict = {}
@@ -282,7 +286,7 @@ class TrainScreen(ListsCheckpoints, Screen):
     def _prepare_own_data(self, name: str, config: TrainConfig) -> None:
         try:
             meta = default_store().read_meta(name)
-            prepared = prepare_checkpoint_data(meta, get_tokenizer(meta.dataset.get("tokenizer") or "gpt2"))
+            prepared = prepare_checkpoint_data(meta, get_tokenizer(checkpoint_data_settings(meta).tokenizer))
         except GPTTUIError as exc:
             self.app.call_from_thread(self._cannot_start, f"Cannot continue {name!r} on its own data: {exc}")
             return
