@@ -56,6 +56,21 @@ def train(corpus, *args):
     return cli("train", "--data", str(corpus), *TINY_FLAGS, *args)
 
 
+def make_checkpoint(corpus, name, steps):
+    """A checkpoint trained here as `gpttui train --data CORPUS <TINY_FLAGS> --max-steps N --save NAME`
+    would, in-process (the behaviour under test then runs the real CLI in its own process)."""
+    from gpttui.core.data import DataSettings, prepare_data
+    from gpttui.core.runplan import plan_model
+    from gpttui.core.tokenizer import ByteTokenizer
+    from gpttui.core.train import FinishedEvent, TrainConfig, Trainer
+
+    data = prepare_data(DataSettings(source=str(corpus), tokenizer="bytes", context_length=32, batch_size=4),
+                        ByteTokenizer())
+    shape = plan_model("tiny", vocab_size=257, context_length=32, emb_dim=32, n_heads=4)
+    config = TrainConfig(max_steps=steps, eval_iter=1, sample_tokens=4, device="cpu", save_name=name)
+    assert isinstance(Trainer(data, ByteTokenizer(), config, shape.model_config).run(), FinishedEvent)
+
+
 def weights(name):
     return {k: v.clone() for k, v in checkpoints.load_checkpoint(name).model.state_dict().items()}
 
@@ -84,7 +99,7 @@ def one_line_error(proc, *words):
 
 
 def test_train_save_refuses_an_existing_name_unless_overwrite(corpus):
-    assert train(corpus, "--max-steps", "3", "--save", "mine").returncode == 0
+    make_checkpoint(corpus, "mine", 3)
     before = files_of("mine")
     proc = train(corpus, "--max-steps", "1", "--save", "mine", "--context-length", "16")
     assert proc.returncode == 1, proc.stderr
@@ -152,7 +167,7 @@ def test_a_killed_run_leaves_a_stale_lock_that_is_reported_and_taken_over(corpus
 
 def test_rename_and_delete_refuse_a_name_in_use(corpus):
     store = default_store()
-    assert train(corpus, "--max-steps", "1", "--save", "busy").returncode == 0
+    make_checkpoint(corpus, "busy", 1)
     with store.reserve("busy", continuing=True):
         holder = subprocess.run([sys.executable, "-m", "gpttui", "checkpoints", "delete", "busy", "--yes"],
                                 capture_output=True, text=True, timeout=120)
@@ -168,7 +183,7 @@ def test_rename_and_delete_refuse_a_name_in_use(corpus):
 
 
 def test_resume_on_other_data_saves_under_a_new_name(corpus, other_corpus):
-    assert train(corpus, "--max-steps", "3", "--save", "base").returncode == 0
+    make_checkpoint(corpus, "base", 3)
     before = files_of("base")
     proc = cli("train", "--resume", "base", "--data", str(other_corpus), "--max-steps", "5", "--device", "cpu")
     assert proc.returncode == 0, proc.stderr
@@ -198,7 +213,7 @@ def test_resume_on_other_data_saves_under_a_new_name(corpus, other_corpus):
 
 @pytest.mark.parametrize("missing", ["trainer_state.pt", "optimizer.pt"])
 def test_resume_with_missing_state_is_an_error_unless_fresh_optimizer(corpus, missing):
-    assert train(corpus, "--max-steps", "3", "--save", "half").returncode == 0
+    make_checkpoint(corpus, "half", 3)
     (paths.checkpoints_dir() / "half" / missing).unlink()
     before = files_of("half")
     proc = cli("train", "--resume", "half", "--max-steps", "5", "--device", "cpu")
@@ -213,7 +228,7 @@ def test_resume_with_missing_state_is_an_error_unless_fresh_optimizer(corpus, mi
 
 
 def test_resume_with_nothing_left_to_train_leaves_the_checkpoint(corpus):
-    assert train(corpus, "--max-steps", "6", "--save", "done").returncode == 0
+    make_checkpoint(corpus, "done", 6)
     before = files_of("done")
     proc = cli("train", "--resume", "done", "--max-steps", "3", "--device", "cpu")
     assert proc.returncode == 1
@@ -242,7 +257,7 @@ def _break_meta(name, key, value):
 
 
 def test_broken_meta_is_listed_as_unreadable_and_the_rest_still_shows(corpus):
-    assert train(corpus, "--max-steps", "1", "--save", "good").returncode == 0
+    make_checkpoint(corpus, "good", 1)
     for name, (key, value) in BAD_META.items():
         shutil.copytree(paths.checkpoints_dir() / "good", paths.checkpoints_dir() / name)
         _break_meta(name, key, value)
@@ -268,7 +283,7 @@ def test_broken_meta_is_listed_as_unreadable_and_the_rest_still_shows(corpus):
     ("dataset", "dataset.batch_size"),
 ])
 def test_resume_of_a_broken_checkpoint_is_one_clear_line(corpus, damage, words):
-    assert train(corpus, "--max-steps", "1", "--save", "b").returncode == 0
+    make_checkpoint(corpus, "b", 1)
     file = paths.checkpoints_dir() / "b" / "meta.json"
     meta = json.loads(file.read_text())
     if damage == "bad-json":
@@ -348,7 +363,7 @@ def test_second_ctrl_c_leaves_a_final_event_in_the_log(corpus):
 
 
 def test_delete_a_symlinked_checkpoint(corpus, tmp_path):
-    assert train(corpus, "--max-steps", "1", "--save", "real").returncode == 0
+    make_checkpoint(corpus, "real", 1)
     elsewhere = tmp_path / "elsewhere"
     shutil.move(str(paths.checkpoints_dir() / "real"), elsewhere)
     os.symlink(elsewhere, paths.checkpoints_dir() / "linked")
