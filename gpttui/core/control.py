@@ -49,8 +49,9 @@ class TrainControl:
             return True
         return False
 
-    def wait_while_paused(self) -> None:
-        self._running.wait()
+    def wait_while_paused(self, timeout: float | None = None) -> bool:
+        """Wait until running again (or ``timeout`` seconds); whether it runs."""
+        return self._running.wait(timeout)
 
     def request_snapshot(self) -> Future:
         """A copy of the model's weights, taken by the trainer between two steps (so it never mixes

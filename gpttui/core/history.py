@@ -121,28 +121,38 @@ class RunHistory:
     @classmethod
     def from_events(cls, events: Sequence[dict[str, Any]]) -> "RunHistory":
         history = cls()
-        for data in events:
-            kind = EVENT_TYPES.get(data.get("event", ""))
-            if kind is None:
-                continue
-            fields = {k: v for k, v in data.items() if k != "event"}
-            for k, v in fields.items():  # JSON wrote non-finite floats as null / "inf"
-                if v is None and k in ("loss", "train_loss", "val_loss", "train_ppl", "val_ppl"):
-                    fields[k] = math.nan
-                elif v in ("inf", "-inf"):
-                    fields[k] = float(v)
-            try:
-                event = kind(**fields)
-            except TypeError:
-                continue  # an event from another version
-            if not _well_typed(event):
-                continue  # a damaged or crafted line: skipped, never drawn
-            history.feed(event)
+        history.feed_records(events)
         return history
+
+    def feed_records(self, events: Sequence[dict[str, Any]]) -> None:
+        """Feed events as read from events.jsonl (e.g. by :class:`gpttui.core.runs.EventFollower`)."""
+        for data in events:
+            event = typed_event(data)
+            if event is not None:
+                self.feed(event)
 
     @classmethod
     def from_run_dir(cls, run_dir: str | Path) -> "RunHistory":
         return cls.from_events(read_run_events(run_dir))
+
+
+def typed_event(data: dict[str, Any]) -> Event | None:
+    """An event record read from events.jsonl as its event dataclass; ``None`` for an unknown, damaged
+    or crafted record."""
+    kind = EVENT_TYPES.get(data.get("event", "")) if isinstance(data, dict) else None
+    if kind is None:
+        return None
+    fields = {k: v for k, v in data.items() if k != "event"}
+    for k, v in fields.items():  # JSON wrote non-finite floats as null / "inf"
+        if v is None and k in ("loss", "train_loss", "val_loss", "train_ppl", "val_ppl"):
+            fields[k] = math.nan
+        elif v in ("inf", "-inf"):
+            fields[k] = float(v)
+    try:
+        event = kind(**fields)
+    except TypeError:
+        return None  # an event from another version
+    return event if _well_typed(event) else None  # a damaged line is skipped, never drawn
 
 
 def _well_typed(event: Event) -> bool:

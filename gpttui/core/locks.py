@@ -22,35 +22,13 @@ from typing import Any
 
 from gpttui.core.checkpoints import validate_name
 from gpttui.core.errors import CheckpointError
+from gpttui.core.procs import _pid_alive, _process_start  # noqa: F401  (re-exported)
 
 LOCKS_DIR = ".locks"
 HEARTBEAT_SECONDS = 15.0
 # A lock from another host (whose pid cannot be checked) is stale once its heartbeat is this old.
 STALE_AFTER_SECONDS = 10 * 60
 _UNREADABLE_STALE_SECONDS = 60  # a lock file nobody could read (its writer died half-way)
-
-
-def _process_start(pid: int) -> str | None:
-    """The start time of process ``pid`` in clock ticks since boot (Linux), to tell a reused pid."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-            data = f.read()
-        return data[data.rindex(")") + 2:].split()[19]
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _pid_alive(pid: int) -> bool | None:
-    """Whether ``pid`` runs on this host (``None``: cannot tell, e.g. on Windows)."""
-    if os.name == "nt":
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # PermissionError: it exists, owned by someone else
-        return True
-    return True
 
 
 @dataclass(frozen=True)

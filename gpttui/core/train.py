@@ -142,6 +142,8 @@ class Trainer:
         self._resume_opt: dict | None = None
         self._resume_rng: dict | None = None
         self._log: RunLog | None = None
+        self._status = None  # gpttui.core.runs.StatusWriter: status.json, for other processes
+        self._inbox = None  # gpttui.core.runs.CommandInbox: commands/ from other processes
 
     # -- reporting
     def _emit(self, event: Event) -> None:
@@ -150,6 +152,8 @@ class Trainer:
                 self._log.append(event)
             except OSError:
                 pass  # a full disk must not kill the run; the UI still gets the event
+        if self._status is not None:
+            self._status.observe(event)
         self.callback(event)
 
     # -- set-up
@@ -347,6 +351,8 @@ class Trainer:
             self._cancel_snapshots()
             if self.lease is not None:
                 self.lease.release()
+            if self._status is not None:
+                self._status.close()
 
     def _run_logged(self) -> Event:
         start_time = time.perf_counter()
@@ -356,6 +362,10 @@ class Trainer:
             event = FailedEvent(f"Cannot create the run directory: {exc}", 0)
             self.callback(event)
             return event
+        from gpttui.core.runs import CommandInbox, StatusWriter
+
+        self._status = StatusWriter(self._log.dir, self.run_id)
+        self._inbox = CommandInbox(self._log.dir, self.control)
         try:
             return self._run(start_time)
         except GPTTUIError as exc:
@@ -424,13 +434,20 @@ class Trainer:
     def _honour_control(self, loop: _Loop) -> str | None:
         """Between optimizer steps: the stop reason when stopped; a pause waits here (serving snapshots)."""
         while True:
+            if self._inbox is not None:
+                self._inbox.poll()  # commands from other processes (runs/<id>/commands/)
             if self.control.stopped:
+                if self._status is not None:
+                    self._status.update(state="stopping")
                 return self.control.stop_reason
             if not self.control.paused:
                 return None
             self._emit(StateEvent(True, self.pos.step))
             self.serve_snapshots()
-            self.control.wait_while_paused()
+            while not self.control.wait_while_paused(0.25):
+                if self._inbox is not None:
+                    self._inbox.poll()
+                self.serve_snapshots()
             self._emit(StateEvent(False, self.pos.step))
             loop.step_start = time.perf_counter()
 

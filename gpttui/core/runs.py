@@ -1,0 +1,347 @@
+"""Runs that any process can read and steer, through their run directory ``$GPTTUI_HOME/runs/<id>/``.
+
+Beside ``config.json`` and the append-only ``events.jsonl`` (:class:`gpttui.core.events.RunLog`):
+
+- ``status.json``, rewritten atomically by the trainer (:class:`StatusWriter`) on every state change and at
+  least every :data:`HEARTBEAT_SECONDS` while the run lives: pid, host, process start, start time,
+  heartbeat, state (starting / running / paused / stopping / finished / stopped / failed), step,
+  total_steps, save_name, last checkpoint, best val loss. :func:`run_status` reads it back and says
+  ``crashed`` when the writer is gone without a final event; :func:`list_runs` lists every run.
+- ``commands/``: :func:`send_command` drops a file there (pause, resume, stop, save), created atomically;
+  the trainer consumes them between optimizer steps (:class:`CommandInbox`, mapped onto
+  :class:`gpttui.core.control.TrainControl`).
+- :class:`EventFollower` reads ``events.jsonl`` incrementally, by byte offset.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import socket
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from gpttui.core import paths
+from gpttui.core.events import now_iso
+from gpttui.core.fileio import atomic_write
+from gpttui.core.procs import _pid_alive, _process_start
+
+STATUS_FILE = "status.json"
+COMMANDS_DIR = "commands"
+COMMANDS = ("pause", "resume", "stop", "save")
+HEARTBEAT_SECONDS = 2.0  # status.json is rewritten at least this often (the issue asks for 5 s at most)
+STALE_AFTER_SECONDS = 60.0  # a run on another host whose heartbeat is older reads as crashed
+LIVE_STATES = ("starting", "running", "paused", "stopping")
+FINAL_STATES = ("finished", "stopped", "failed")
+COMMAND_POLL_SECONDS = 0.2  # the trainer looks at commands/ at most this often
+
+
+# --- status ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunStatus:
+    """What a run is doing (or did), as read from its directory."""
+
+    run_id: str
+    run_dir: str
+    state: str  # starting / running / paused / stopping / finished / stopped / failed / crashed / unknown
+    pid: int | None = None
+    host: str | None = None
+    process_start: str | None = None
+    started: str | None = None
+    heartbeat: float | None = None  # time.time() of the last rewrite
+    step: int = 0
+    total_steps: int | None = None
+    save_name: str | None = None
+    last_checkpoint: str | None = None
+    best_val_loss: float | None = None
+    device: str | None = None
+    message: str | None = None  # why it failed or crashed
+
+    @property
+    def live(self) -> bool:
+        return self.state in LIVE_STATES
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "live": self.live}
+
+
+class StatusWriter:
+    """The trainer's side of ``status.json``: :meth:`update` on every change, and a daemon thread that
+    rewrites it every :data:`HEARTBEAT_SECONDS` until :meth:`close`."""
+
+    def __init__(self, run_dir: str | Path, run_id: str) -> None:
+        self.path = Path(run_dir) / STATUS_FILE
+        self._lock = threading.Lock()
+        self.status = RunStatus(run_id=run_id, run_dir=str(run_dir), state="starting", pid=os.getpid(),
+                                host=socket.gethostname(), process_start=_process_start(os.getpid()),
+                                started=now_iso())
+        self._stop = threading.Event()
+        self._write()
+        self._thread = threading.Thread(target=self._beat, name="gpttui-run-status", daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_SECONDS):
+            self._write()
+
+    def _write(self) -> None:
+        with self._lock:
+            self.status.heartbeat = time.time()
+            data = {k: v for k, v in self.status.to_dict().items() if k != "live"}
+            with contextlib.suppress(OSError):  # a full disk must not kill the run
+                atomic_write(self.path, json.dumps(data, indent=2), durable=False)
+
+    def update(self, **fields: Any) -> None:
+        with self._lock:
+            for key, value in fields.items():
+                setattr(self.status, key, value)
+        self._write()
+
+    def observe(self, event: Any) -> None:
+        """Follow the trainer's events: state changes are written at once, steps with the heartbeat."""
+        kind = getattr(event, "event", "")
+        if kind == "started":
+            self.update(state="running", total_steps=event.total_steps, save_name=event.save_name,
+                        step=event.start_step, device=event.device)
+        elif kind == "step":
+            with self._lock:
+                self.status.step = event.step
+                self.status.total_steps = event.total_steps
+        elif kind == "eval":
+            best = event.best_val_loss
+            with self._lock:
+                self.status.best_val_loss = best if isinstance(best, float) and best == best and best != float("inf") else None
+        elif kind == "checkpoint":
+            self.update(last_checkpoint=event.name, step=event.step)
+        elif kind == "state":
+            self.update(state="paused" if event.paused else "running", step=event.step)
+        elif kind == "finished":
+            self.update(state="finished" if event.reason == "completed" else "stopped", step=event.step,
+                        last_checkpoint=event.checkpoint or self.status.last_checkpoint,
+                        message=None if event.reason == "completed" else event.reason)
+        elif kind == "failed":
+            self.update(state="failed", step=event.step, message=event.message,
+                        last_checkpoint=event.last_checkpoint or self.status.last_checkpoint)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._write()
+
+
+def write_starting_status(run_dir: Path, run_id: str, pid: int) -> None:
+    """What a launcher writes for a child it started (``gpttui train --detach``) before the child does."""
+    status = RunStatus(run_id=run_id, run_dir=str(run_dir), state="starting", pid=pid, host=socket.gethostname(),
+                       process_start=_process_start(pid), started=now_iso(), heartbeat=time.time())
+    data = {k: v for k, v in status.to_dict().items() if k != "live"}
+    with contextlib.suppress(FileExistsError):  # the child was faster: its own status wins
+        atomic_write(run_dir / STATUS_FILE, json.dumps(data, indent=2), replace=False, durable=False)
+
+
+def _final_event(run_dir: Path) -> dict | None:
+    """The run's finished/failed event, read from the end of events.jsonl."""
+    path = run_dir / "events.jsonl"
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 16384))
+            tail = f.read()
+    except OSError:
+        return None
+    for line in reversed(tail.split(b"\n")):
+        if b'"event"' not in line:
+            continue
+        with contextlib.suppress(ValueError):
+            data = json.loads(line)
+            if data.get("event") in ("finished", "failed"):
+                return data
+            return None
+    return None
+
+
+def _last_checkpoint_in_events(run_dir: Path) -> str | None:
+    last = None
+    follower = EventFollower(run_dir)
+    for event in follower.read_new():
+        if event.get("event") == "checkpoint":
+            last = event.get("name")
+    return last
+
+
+def _writer_gone(status: RunStatus) -> str | None:
+    """Why the process writing ``status`` is gone, or ``None`` while it may still run."""
+    if status.host == socket.gethostname() and status.pid:
+        alive = _pid_alive(status.pid)
+        if alive is False:
+            return f"process {status.pid} is gone"
+        if alive and status.process_start and _process_start(status.pid) not in (None, status.process_start):
+            return f"process {status.pid} is gone (its pid now belongs to another process)"
+        if alive is not None:
+            return None
+    if status.heartbeat is not None and time.time() - status.heartbeat > STALE_AFTER_SECONDS:
+        return f"no heartbeat for {time.time() - status.heartbeat:.0f} s"
+    return None
+
+
+def run_status(run_dir: str | Path) -> RunStatus:
+    """The status of the run in ``run_dir``: as its trainer last wrote it, or ``crashed`` (with its last
+    checkpoint) when the trainer is gone without a final event. A run without ``status.json`` (older
+    gpttui) is judged by its events alone."""
+    run_dir = Path(run_dir)
+    status = RunStatus(run_id=run_dir.name, run_dir=str(run_dir), state="unknown")
+    try:
+        data = json.loads((run_dir / STATUS_FILE).read_text(encoding="utf-8"))
+        known = set(RunStatus.__dataclass_fields__)
+        status = RunStatus(**{k: v for k, v in data.items() if k in known})
+        status.run_dir = str(run_dir)
+    except (OSError, ValueError, TypeError):
+        pass
+    if status.state in FINAL_STATES:
+        return status
+    final = _final_event(run_dir)
+    if final is not None:  # the run ended (its last status write may have been lost)
+        if final["event"] == "failed":
+            status.state, status.message = "failed", final.get("message")
+            status.last_checkpoint = final.get("last_checkpoint") or status.last_checkpoint
+        else:
+            status.state = "finished" if final.get("reason") == "completed" else "stopped"
+            status.last_checkpoint = final.get("checkpoint") or status.last_checkpoint
+        status.step = final.get("step", status.step)
+        return status
+    if status.state == "unknown":
+        return status
+    why = _writer_gone(status)
+    if why is not None:
+        status.state, status.message = "crashed", why
+        status.last_checkpoint = _last_checkpoint_in_events(run_dir) or status.last_checkpoint
+    return status
+
+
+def list_runs(root: str | Path | None = None) -> list[RunStatus]:
+    """Every run under ``root`` (default ``runs_dir()``): live runs first, then newest first."""
+    root = Path(root) if root is not None else paths.runs_dir()
+    runs = []
+    with contextlib.suppress(OSError):
+        with os.scandir(root) as it:
+            for entry in it:
+                if entry.is_dir() and not entry.name.startswith("."):
+                    runs.append(run_status(entry.path))
+    runs.sort(key=lambda r: (r.started or r.run_id, r.run_id), reverse=True)
+    runs.sort(key=lambda r: not r.live)
+    return runs
+
+
+def find_run(run_id: str) -> Path:
+    """The directory of run ``run_id`` (a unique prefix is enough)."""
+    from gpttui.core.errors import GPTTUIError
+
+    root = paths.runs_dir()
+    if run_id and "/" not in run_id and (root / run_id).is_dir():
+        return root / run_id
+    matches = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(run_id)) if run_id else []
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise GPTTUIError(f"No run {run_id!r} in {root}. See `gpttui runs list`.")
+    raise GPTTUIError(f"{run_id!r} names {len(matches)} runs; give more of the id.")
+
+
+# --- commands --------------------------------------------------------------------------------------
+
+
+def send_command(run_dir: str | Path, command: str) -> Path:
+    """Ask the run's trainer to ``pause``, ``resume``, ``stop`` or ``save``; it acts between two steps."""
+    if command not in COMMANDS:
+        raise ValueError(f"unknown run command {command!r}; one of {', '.join(COMMANDS)}")
+    folder = Path(run_dir) / COMMANDS_DIR
+    folder.mkdir(exist_ok=True)
+    path = folder / f"{time.time_ns():020d}-{secrets.token_hex(3)}.{command}"
+    atomic_write(path, command + "\n", replace=False, durable=False)
+    return path
+
+
+class CommandInbox:
+    """The trainer's side of ``commands/``: :meth:`poll` scans the folder (at most every
+    :data:`COMMAND_POLL_SECONDS`), applies each command to ``control`` in order and deletes it."""
+
+    def __init__(self, run_dir: str | Path, control: Any) -> None:
+        self.dir = Path(run_dir) / COMMANDS_DIR
+        self.control = control
+        self._next = 0.0
+
+    def poll(self, force: bool = False) -> list[str]:
+        now = time.monotonic()
+        if not force and now < self._next:
+            return []
+        self._next = now + COMMAND_POLL_SECONDS
+        try:
+            with os.scandir(self.dir) as it:
+                names = sorted(e.name for e in it if not e.name.startswith("."))
+        except OSError:
+            return []
+        done = []
+        for name in names:
+            command = name.rsplit(".", 1)[-1]
+            with contextlib.suppress(OSError):
+                os.unlink(self.dir / name)
+            if command == "pause":
+                self.control.pause()
+            elif command == "resume":
+                self.control.resume()
+            elif command == "stop":
+                self.control.stop(save=True, reason="stopped")
+            elif command == "save":
+                self.control.request_save()
+            else:
+                continue
+            done.append(command)
+        return done
+
+
+# --- following events.jsonl ------------------------------------------------------------------------
+
+
+class EventFollower:
+    """Reads ``events.jsonl`` incrementally: each :meth:`read_new` parses only the bytes appended since the
+    last call; a partial last line is kept until its newline arrives."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.path = Path(run_dir) / "events.jsonl"
+        self.offset = 0
+        self._partial = b""
+
+    def read_new(self) -> list[dict]:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+        except OSError:
+            return []
+        if not data:
+            return []
+        self.offset += len(data)
+        data = self._partial + data
+        end = data.rfind(b"\n")
+        if end < 0:
+            self._partial = data
+            return []
+        self._partial = data[end + 1:]
+        events = []
+        for line in data[:end].split(b"\n"):
+            if line:
+                with contextlib.suppress(ValueError):
+                    record = json.loads(line)
+                    if isinstance(record, dict):
+                        events.append(record)
+        return events
+
+
+__all__ = ["RunStatus", "StatusWriter", "run_status", "list_runs", "find_run", "send_command", "CommandInbox",
+           "EventFollower", "write_starting_status", "COMMANDS", "LIVE_STATES", "FINAL_STATES"]
