@@ -155,20 +155,33 @@ def typed_event(data: dict[str, Any]) -> Event | None:
     return event if _well_typed(event) else None  # a damaged line is skipped, never drawn
 
 
+_KIND_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "dict": (dict,),
+               "list": (list,)}
+_FIELD_KINDS: dict[type, list[tuple[str, tuple[type, ...], bool, bool]]] = {}
+
+
+def _field_kinds(cls: type) -> list[tuple[str, tuple[type, ...], bool, bool]]:
+    """(name, accepted types, None allowed, bool allowed) per field of an event class, worked out once."""
+    kinds = _FIELD_KINDS.get(cls)
+    if kinds is None:
+        kinds = []
+        for f in dataclasses.fields(cls):
+            names = [k.strip() for k in str(f.type).split("|")]
+            types = tuple(t for k in names for t in _KIND_TYPES.get(k, ()))
+            kinds.append((f.name, types, "None" in names, "bool" in names))
+        _FIELD_KINDS[cls] = kinds
+    return kinds
+
+
 def _well_typed(event: Event) -> bool:
     """Whether every field of an event read from a file has its declared type (``"step": "x"`` has not)."""
-    for f in dataclasses.fields(event):
-        value = getattr(event, f.name)
-        kinds = [k.strip() for k in str(f.type).split("|")]
-        if value is None and "None" in kinds:
+    for name, types, none_ok, bool_ok in _field_kinds(type(event)):
+        value = getattr(event, name)
+        if value is None and none_ok:
             continue
-        if isinstance(value, bool) and "bool" not in kinds:
+        if isinstance(value, bool) and not bool_ok:
             return False
-        ok = any((k == "int" and isinstance(value, int)) or (k == "float" and isinstance(value, (int, float)))
-                 or (k == "str" and isinstance(value, str)) or (k == "bool" and isinstance(value, bool))
-                 or (k == "dict" and isinstance(value, dict)) or (k == "list" and isinstance(value, list))
-                 for k in kinds)
-        if not ok:
+        if not isinstance(value, types):
             return False
     return True
 
