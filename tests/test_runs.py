@@ -196,3 +196,37 @@ def test_nohup_train_keeps_training_after_sighup(corpus, pids):
     send_command(run_dir, "stop")
     assert trainer.wait(timeout=DEADLINE_S) == 0
     assert events_of(run_dir, "finished")[0]["reason"] == "stopped"
+
+
+def _write_status(run_dir, **fields):
+    run_dir.mkdir(parents=True, exist_ok=True)
+    base = {"run_id": run_dir.name, "run_dir": str(run_dir), "state": "running", "pid": os.getpid(),
+            "host": "vm", "started": "2026-01-01T00:00:00+00:00", "heartbeat": time.time(), "step": 5}
+    (run_dir / "status.json").write_text(json.dumps({**base, **fields}), encoding="utf-8")
+
+
+def test_run_status_judges_other_hosts_by_heartbeat_and_old_runs_by_their_events(tmp_path):
+    import socket
+
+    here = socket.gethostname()
+    _write_status(tmp_path / "a-live", host=here)  # this very process: alive
+    _write_status(tmp_path / "b-remote-fresh", host="elsewhere", pid=1)
+    _write_status(tmp_path / "c-remote-stale", host="elsewhere", pid=1, heartbeat=time.time() - 3600,
+                  started="2026-01-02T00:00:00+00:00")
+    (tmp_path / "c-remote-stale" / "events.jsonl").write_text(
+        json.dumps({"event": "checkpoint", "step": 4, "name": "ck", "path": "/x"}) + "\n", encoding="utf-8")
+    old = tmp_path / "d-old-finished"  # no status.json (a run from before it existed)
+    old.mkdir()
+    (old / "events.jsonl").write_text(json.dumps({"event": "finished", "reason": "completed", "step": 9,
+                                                  "tokens_seen": 1, "elapsed": 1.0, "checkpoint": "old"}) + "\n",
+                                      encoding="utf-8")
+    _write_status(tmp_path / "e-ended", host="elsewhere", pid=1, heartbeat=time.time() - 3600)
+    (tmp_path / "e-ended" / "events.jsonl").write_text(  # its last status write was lost, its final event not
+        json.dumps({"event": "failed", "message": "boom", "step": 7, "last_checkpoint": "e"}) + "\n", encoding="utf-8")
+
+    states = {r.run_id: (r.state, r.last_checkpoint) for r in list_runs(tmp_path)}
+    assert states == {"a-live": ("running", None), "b-remote-fresh": ("running", None),
+                      "c-remote-stale": ("crashed", "ck"), "d-old-finished": ("finished", "old"),
+                      "e-ended": ("failed", "e")}
+    assert [r.live for r in list_runs(tmp_path)][:2] == [True, True]  # live first
+    assert "no heartbeat" in run_status(tmp_path / "c-remote-stale").message
