@@ -132,8 +132,10 @@ def test_two_runs_on_one_name_the_second_fails_before_training(corpus):
         second = train(corpus, "--max-steps", "2", "--save", "shared", "--overwrite")
         assert second.returncode == 1
         assert "'shared' is in use by a training run" in second.stderr and f"pid {first.pid}" in second.stderr
-        runs = sorted(paths.runs_dir().iterdir(), key=lambda p: p.stat().st_mtime)
-        assert not any(e["event"] == "step" for e in read_run_events(runs[-1]))  # it never trained
+        # (the second run is the one that failed: the first one's folder changes all the time, its status.json)
+        failed = [p for p in paths.runs_dir().iterdir() if any(e["event"] == "failed" for e in read_run_events(p))]
+        assert len(failed) == 1
+        assert not any(e["event"] == "step" for e in read_run_events(failed[0]))  # it never trained
         # the name is also guarded against rename and delete while the run lives
         with pytest.raises(CheckpointError, match="in use"):
             default_store().reserve("shared", overwrite=True)

@@ -20,7 +20,7 @@ from gpttui.core.history import RunHistory
 from gpttui.core.runs import EventFollower, list_runs, run_status, send_command
 from gpttui.core.train import read_run_events
 
-from test_faults import TINY_FLAGS, cli, corpus  # noqa: F401  (corpus is a fixture)
+from test_faults import TINY_FLAGS, cli, corpus  # noqa: F401,F811  (corpus is a fixture)
 
 DEADLINE_S = 120
 
