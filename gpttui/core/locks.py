@@ -22,7 +22,7 @@ from typing import Any
 
 from gpttui.core.checkpoints import validate_name
 from gpttui.core.errors import CheckpointError
-from gpttui.core.procs import _pid_alive, _process_start  # noqa: F401  (re-exported)
+from gpttui.core.procs import _pid_alive, _process_start, gone_reason  # noqa: F401  (re-exported)
 
 LOCKS_DIR = ".locks"
 HEARTBEAT_SECONDS = 15.0
@@ -54,18 +54,7 @@ class LockInfo:
 
     def stale_reason(self) -> str | None:
         """Why the holder is gone, or ``None`` while it may still be running."""
-        if self.host == socket.gethostname():
-            alive = _pid_alive(self.pid)
-            if alive is False:
-                return f"process {self.pid} is gone"
-            if alive and self.process_start and _process_start(self.pid) not in (None, self.process_start):
-                return f"process {self.pid} is gone (its pid now belongs to another process)"
-            if alive is not None:
-                return None
-        age = time.time() - self.heartbeat
-        if age > STALE_AFTER_SECONDS:
-            return f"no heartbeat for {age / 60:.0f} minutes"
-        return None
+        return gone_reason(self.pid, self.host, self.process_start, self.heartbeat, STALE_AFTER_SECONDS)
 
 
 class NameLease:

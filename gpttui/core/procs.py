@@ -31,3 +31,24 @@ def _pid_alive(pid: int) -> bool | None:
 
 
 __all__ = ["_process_start", "_pid_alive"]
+
+
+def gone_reason(pid: int, host: str, process_start: str | None, heartbeat: float | None,
+                stale_after: float) -> str | None:
+    """Why the process ``pid`` on ``host`` (started at ``process_start``, last heard of at ``heartbeat``)
+    is gone, or ``None`` while it may still run. On this host its pid decides (a reused pid counts as
+    gone); elsewhere, or where pids cannot be probed, a heartbeat older than ``stale_after`` seconds."""
+    import socket
+    import time
+
+    if host == socket.gethostname() and pid:
+        alive = _pid_alive(pid)
+        if alive is False:
+            return f"process {pid} is gone"
+        if alive and process_start and _process_start(pid) not in (None, process_start):
+            return f"process {pid} is gone (its pid now belongs to another process)"
+        if alive is not None:
+            return None
+    if heartbeat is not None and time.time() - heartbeat > stale_after:
+        return f"no heartbeat for {time.time() - heartbeat:.0f} s"
+    return None

@@ -29,7 +29,7 @@ from typing import Any
 from gpttui.core import paths
 from gpttui.core.events import now_iso
 from gpttui.core.fileio import atomic_write
-from gpttui.core.procs import _pid_alive, _process_start
+from gpttui.core.procs import _process_start, gone_reason
 
 STATUS_FILE = "status.json"
 COMMANDS_DIR = "commands"
@@ -177,17 +177,7 @@ def _last_checkpoint_in_events(run_dir: Path) -> str | None:
 
 def _writer_gone(status: RunStatus) -> str | None:
     """Why the process writing ``status`` is gone, or ``None`` while it may still run."""
-    if status.host == socket.gethostname() and status.pid:
-        alive = _pid_alive(status.pid)
-        if alive is False:
-            return f"process {status.pid} is gone"
-        if alive and status.process_start and _process_start(status.pid) not in (None, status.process_start):
-            return f"process {status.pid} is gone (its pid now belongs to another process)"
-        if alive is not None:
-            return None
-    if status.heartbeat is not None and time.time() - status.heartbeat > STALE_AFTER_SECONDS:
-        return f"no heartbeat for {time.time() - status.heartbeat:.0f} s"
-    return None
+    return gone_reason(status.pid, status.host, status.process_start, status.heartbeat, STALE_AFTER_SECONDS)
 
 
 def run_status(run_dir: str | Path) -> RunStatus:
