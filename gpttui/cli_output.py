@@ -10,6 +10,9 @@ import time
 from gpttui.core.units import format_bytes, format_duration
 
 
+
+EXIT_ERROR = 2  # bad input: the message says what to change
+
 class Out:
     """Writes to stdout, and stops writing (without failing the run) once the terminal is gone,
     e.g. after the SSH link closed."""
