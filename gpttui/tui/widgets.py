@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Iterable, Sequence
 
+import numpy as np
+
 from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.validation import Function, Integer, Number
@@ -12,6 +14,7 @@ from textual.widgets import Input, Label
 from textual_plotext import PlotextPlot
 
 from gpttui.core.history import downsample
+from gpttui.core.smooth import ema_array
 
 MAX_CHART_POINTS = 400
 # Series colours, in order; chart titles name them (plotext's legend would cover the curves).
@@ -73,48 +76,160 @@ def read_field(inp: Input, kind: str) -> object:
 
 class MetricChart(PlotextPlot):
     """A plotext chart of one or more series; data is set from outside and drawn at render time,
-    downsampled to at most ``MAX_CHART_POINTS`` points per series."""
+    downsampled to at most ``MAX_CHART_POINTS`` points per series.
 
-    def __init__(self, title: str, *, id: str | None = None, classes: str | None = None, log_y: bool = False) -> None:
+    Two view toggles, set with :meth:`set_view`: ``smoothing`` (an EMA weight, 0 = off; applied to the
+    full series before downsampling, so a 200,000-step curve is smoothed step by step, not bucket by
+    bucket) and ``log_y`` (points at or below 0 cannot be drawn on a log axis: they are left out and the
+    title says how many). The smoothed curve replaces the raw one rather than being drawn over a faint
+    copy: a braille cell holds one colour, so a grey raw curve would break the smoothed one wherever
+    they cross, and in a compare view it would double the lines per run; the toggle is one key away.
+
+    Each series is ``(label, xs, ys)`` or ``(label, xs, ys, colour)``; with ``legend`` the labels go to
+    plotext's legend (top left), otherwise the title names the colours.
+    """
+
+    def __init__(self, title: str, *, id: str | None = None, classes: str | None = None, log_y: bool = False,
+                 smoothing: float = 0.0, legend: bool = False) -> None:
         super().__init__(id=id, classes=classes)
         self.title = title
         self.log_y = log_y
-        self._series: list[tuple[str, list[float], list[float], str]] = []
+        self.smoothing = smoothing
+        self.legend = legend
+        self._raw: list[tuple] = []
+        self._series: list[tuple[str, list[float], list[float], object]] = []
         self._xlabel = "step"
         self._signature: tuple | None = None
+        self.hidden_points = 0  # points the last render left out (≤ 0 on a log axis)
 
     @property
     def point_count(self) -> int:
         return sum(len(s[1]) for s in self._series)
 
-    def set_series(self, series: Iterable[tuple[str, Sequence[float], Sequence[float]]], xlabel: str = "step") -> None:
-        series = list(series)
-        signature = (xlabel, tuple((len(xs), xs[-1] if len(xs) else None) for _, xs, _ in series))
+    @property
+    def series(self) -> list[tuple[str, list[float], list[float], object]]:
+        """What is drawn: (label, xs, ys, colour) per series with points, smoothed and downsampled."""
+        return self._series
+
+    def set_series(self, series: Iterable[tuple], xlabel: str = "step") -> None:
+        series = [tuple(s) for s in series]
+        signature = (xlabel, self.smoothing,
+                     tuple((s[0], s[3] if len(s) > 3 else None, len(s[1]), s[1][-1] if len(s[1]) else None,
+                            len(s[2])) for s in series))
         if signature == self._signature:
-            return  # nothing new for this chart: skip downsampling and repainting
+            return  # nothing new for this chart: skip smoothing, downsampling and repainting
         self._signature = signature
-        data = []
-        for i, (label, xs, ys) in enumerate(series):
-            pairs = [(x, y) for x, y in zip(xs, ys) if y is not None and math.isfinite(y)] if len(xs) < 2000 else None
-            if pairs is not None:
-                xs, ys = [p[0] for p in pairs], [p[1] for p in pairs]
-            xs, ys = downsample(xs, ys, MAX_CHART_POINTS)
-            if xs:
-                data.append((label, xs, ys, SERIES_COLOURS[i % len(SERIES_COLOURS)]))
-        self._series = data
+        self._raw = series
         self._xlabel = xlabel
+        self._prepare()
         self.refresh()
+
+    def set_view(self, *, smoothing: float | None = None, log_y: bool | None = None) -> None:
+        """Switch EMA smoothing (weight, 0 = off) and/or the log y axis, and redraw if either changed."""
+        changed = False
+        if smoothing is not None and smoothing != self.smoothing:
+            self.smoothing = smoothing
+            if self._signature is not None:  # the same data, now smoothed this way
+                self._signature = (self._signature[0], smoothing, self._signature[2])
+            self._prepare()
+            changed = True
+        if log_y is not None and log_y != self.log_y:
+            self.log_y = log_y
+            changed = True
+        if changed:
+            self.refresh()
+
+    def _prepare(self) -> None:
+        data = []
+        for i, item in enumerate(self._raw):
+            label, xs, ys = item[:3]
+            colour = item[3] if len(item) > 3 else SERIES_COLOURS[i % len(SERIES_COLOURS)]
+            xs, ys = _finite_points(xs, ys, self.smoothing)
+            if xs:
+                data.append((label, xs, ys, colour))
+        self._series = data
+
+    def _title(self, hidden: int, log: bool) -> str:
+        """The title, then what the toggles do to the curves; cut to the chart's width (plotext drops a
+        title that does not fit), the title giving way before the toggles' state."""
+        parts = []
+        if self.smoothing:
+            parts.append(f"EMA {self.smoothing:g}")
+        if log:
+            parts.append("log" + (f" ({hidden} ≤0 hidden)" if hidden else ""))
+        elif self.log_y and self._series:
+            parts.append("log off: no value > 0")
+        suffix = "".join(" · " + p for p in parts)
+        room = self.size.width - 2
+        if len(self.title) + len(suffix) <= room or room < 6:
+            return self.title + suffix
+        if room - len(suffix) >= 8:
+            return self.title[:room - len(suffix) - 1] + "…" + suffix
+        return (self.title + suffix)[:room - 1] + "…"
+
+    def _legend_headroom(self, drawn: list[tuple], log: bool) -> None:
+        """Raise the top of the y axis so the legend (top left, a row per series) sits above the curves
+        instead of on their first points, as long as the curves keep at least half the rows."""
+        rows = self.size.height - 5  # less the title, the frame and the x axis' ticks and label
+        need = len(drawn) + 1
+        ys = [y for _, _, series_ys, _ in drawn for y in series_ys]
+        if not ys or rows < 2 * need:
+            self.plt.ylim(None, None)
+            return
+        lo, hi = min(ys), max(ys)
+        if log:
+            lo, hi = math.log10(lo), math.log10(hi)
+        span = (hi - lo) or abs(hi) or 1.0
+        top = lo + span * rows / (rows - need)
+        self.plt.ylim(lo - span * 0.02, top)  # on a log axis plotext takes the limits as log10
 
     def render(self):
         plt = self.plt
         plt.clear_data()
-        plt.title(self.title)
         plt.xlabel(self._xlabel)
-        log = self.log_y and any(s[2] and min(s[2]) > 0 for s in self._series)
+        drawn, hidden = self._series, 0
+        if self.log_y:
+            drawn, hidden = _positive(self._series)
+        log = self.log_y and bool(drawn)
+        if not log:
+            drawn, hidden = self._series, 0
+        self.hidden_points = hidden
+        plt.title(self._title(hidden, log))
         plt.yscale("log" if log else "linear")
-        for label, xs, ys, colour in self._series:
-            plt.plot(xs, ys, marker="braille", color=colour)
+        if self.legend:
+            self._legend_headroom(drawn, log)
+        for label, xs, ys, colour in drawn:
+            if self.legend:
+                plt.plot(xs, ys, marker="braille", color=colour, label=label or " ")
+            else:
+                plt.plot(xs, ys, marker="braille", color=colour)
         try:
             return super().render()
         except Exception as exc:  # plotext can trip on odd data; a chart must never take the app down
             return f"{self.title}: cannot draw ({type(exc).__name__})"
+
+
+def _finite_points(xs: Sequence[float], ys: Sequence[float], smoothing: float) -> tuple[list[float], list[float]]:
+    """The drawable points of a series: smoothed first (when asked), then without NaN/inf (and None),
+    then downsampled to ``MAX_CHART_POINTS``."""
+    n = min(len(xs), len(ys))
+    if n == 0:
+        return [], []
+    x = np.asarray(xs[:n], dtype=np.float64)
+    y = ema_array(ys[:n], smoothing) if smoothing else np.asarray(ys[:n], dtype=np.float64)
+    keep = np.isfinite(x) & np.isfinite(y)
+    x, y = x[keep], y[keep]
+    if x.size <= MAX_CHART_POINTS:
+        return x.tolist(), y.tolist()
+    return downsample(x, y, MAX_CHART_POINTS)
+
+
+def _positive(series: list[tuple]) -> tuple[list[tuple], int]:
+    """The series with only their points above 0 (what a log axis can show), and how many were left out."""
+    kept, hidden = [], 0
+    for label, xs, ys, colour in series:
+        pairs = [(x, y) for x, y in zip(xs, ys) if y > 0]
+        hidden += len(ys) - len(pairs)
+        if pairs:
+            kept.append((label, [p[0] for p in pairs], [p[1] for p in pairs], colour))
+    return kept, hidden
