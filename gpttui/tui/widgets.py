@@ -149,9 +149,9 @@ class MetricChart(PlotextPlot):
                 data.append((label, xs, ys, colour))
         self._series = data
 
-    def _title(self, hidden: int, log: bool) -> str:
-        """The title, then what the toggles do to the curves; cut to the chart's width (plotext drops a
-        title that does not fit), the title giving way before the toggles' state."""
+    def _title(self, hidden: int, log: bool, room: int) -> str:
+        """The title, then what the toggles do to the curves; cut to ``room`` characters, the title
+        giving way before the toggles' state."""
         parts = []
         if self.smoothing:
             parts.append(f"EMA {self.smoothing:g}")
@@ -160,7 +160,6 @@ class MetricChart(PlotextPlot):
         elif self.log_y and self._series:
             parts.append("log off: no value > 0")
         suffix = "".join(" · " + p for p in parts)
-        room = self.size.width - 2
         if len(self.title) + len(suffix) <= room or room < 6:
             return self.title + suffix
         if room - len(suffix) >= 8:
@@ -194,7 +193,6 @@ class MetricChart(PlotextPlot):
         if not log:
             drawn, hidden = self._series, 0
         self.hidden_points = hidden
-        plt.title(self._title(hidden, log))
         plt.yscale("log" if log else "linear")
         if self.legend:
             self._legend_headroom(drawn, log)
@@ -203,10 +201,17 @@ class MetricChart(PlotextPlot):
                 plt.plot(xs, ys, marker="braille", color=colour, label=label or " ")
             else:
                 plt.plot(xs, ys, marker="braille", color=colour)
-        try:
-            return super().render()
-        except Exception as exc:  # plotext can trip on odd data; a chart must never take the app down
-            return f"{self.title}: cannot draw ({type(exc).__name__})"
+        # plotext drops a title wider than its canvas (the width less the y ticks): cut it until it shows
+        for room in (self.size.width - 2, self.size.width - 6, self.size.width - 10, self.size.width - 14):
+            title = self._title(hidden, log, room)
+            plt.title(title)
+            try:
+                rendered = super().render()
+            except Exception as exc:  # plotext can trip on odd data; a chart must never take the app down
+                return f"{self.title}: cannot draw ({type(exc).__name__})"
+            if title.strip() in rendered.plain:
+                break
+        return rendered
 
 
 def _finite_points(xs: Sequence[float], ys: Sequence[float], smoothing: float) -> tuple[list[float], list[float]]:

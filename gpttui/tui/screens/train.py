@@ -20,6 +20,7 @@ from gpttui.core.tokenizer import get_tokenizer
 from gpttui.core.data import PreparedData, prepare_data
 from gpttui.core.units import format_bytes as _fmt_bytes, format_count
 from gpttui.core.store import default_store
+from gpttui.core.smooth import DEFAULT_EMA_WEIGHT
 from gpttui.core.runplan import checkpoint_data_settings, dataset_matches, plan_save, prepare_checkpoint_data
 from gpttui.core.train import TrainConfig, Trainer
 from gpttui.tui.dialogs import ConfirmDialog, ContinueDialog
@@ -52,6 +53,8 @@ class TrainScreen(ListsCheckpoints, Screen):
         Binding("f8", "stop", "Stop", priority=True),
         Binding("f9", "save", "Save now", priority=True),
         Binding("ctrl+t", "toggle_x", "x: step/tokens", priority=True),
+        Binding("ctrl+f", "toggle_ema", "EMA", priority=True),  # Input owns ctrl+a/e/d/k/u/w/x/c/v
+        Binding("ctrl+g", "toggle_log", "log y", priority=True),
     ]
 
     def compose(self) -> ComposeResult:
@@ -92,7 +95,7 @@ class TrainScreen(ListsCheckpoints, Screen):
                     yield Button("Save F9", id="save", disabled=True)
                 with Grid(id="charts"):
                     yield MetricChart("loss: blue step, green train, red val", id="chart-loss")
-                    yield MetricChart("perplexity (log): green train, red val", id="chart-ppl", log_y=True)
+                    yield MetricChart("perplexity: green train, red val", id="chart-ppl", log_y=True)
                     yield MetricChart("learning rate", id="chart-lr")
                     yield MetricChart("tokens/s", id="chart-tps")
                 yield ProgressBar(id="progress", show_eta=False)
@@ -103,6 +106,7 @@ class TrainScreen(ListsCheckpoints, Screen):
 
     def on_mount(self) -> None:
         self.x_axis = "step"
+        self.smoothing, self.log_y = 0.0, False  # the loss charts' EMA (ctrl+f) and log y (ctrl+g)
         self._drawn_version = -1
         self._samples_shown = 0
         self._run_shown: str | None = None
@@ -372,6 +376,16 @@ class TrainScreen(ListsCheckpoints, Screen):
         self._drawn_version = -1
         self.redraw()
 
+    def action_toggle_ema(self) -> None:
+        self.smoothing = 0.0 if self.smoothing else DEFAULT_EMA_WEIGHT
+        self._drawn_version = -1
+        self.redraw()
+
+    def action_toggle_log(self) -> None:
+        self.log_y = not self.log_y
+        self._drawn_version = -1
+        self.redraw()
+
     # -- the monitor, redrawn from the shared history a few times a second
     def _sync_buttons(self) -> None:
         session = self.app.state.session
@@ -404,6 +418,8 @@ class TrainScreen(ListsCheckpoints, Screen):
              ("val", ex, ev.get("val_loss", []))], xlabel)
         self.query_one("#chart-ppl", MetricChart).set_series(
             [("", [], []), ("train", ex, ev.get("train_ppl", [])), ("val", ex, ev.get("val_ppl", []))], xlabel)
+        self.query_one("#chart-loss", MetricChart).set_view(smoothing=self.smoothing, log_y=self.log_y)
+        self.query_one("#chart-ppl", MetricChart).set_view(smoothing=self.smoothing)
         self.query_one("#chart-lr", MetricChart).set_series([("lr", sx, sv.get("lr", []))], xlabel)
         self.query_one("#chart-tps", MetricChart).set_series([("tok/s", sx, sv.get("tokens_per_sec", []))], xlabel)
         self.query_one("#progress", ProgressBar).update(total=1.0, progress=snap.progress)
