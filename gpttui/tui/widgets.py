@@ -183,9 +183,6 @@ class MetricChart(PlotextPlot):
         self.plt.ylim(lo - span * 0.02, top)  # on a log axis plotext takes the limits as log10
 
     def render(self):
-        plt = self.plt
-        plt.clear_data()
-        plt.xlabel(self._xlabel)
         drawn, hidden = self._series, 0
         if self.log_y:
             drawn, hidden = _positive(self._series)
@@ -193,6 +190,29 @@ class MetricChart(PlotextPlot):
         if not log:
             drawn, hidden = self._series, 0
         self.hidden_points = hidden
+        # plotext drops a title wider than its canvas (the width less the y ticks, known once built):
+        # build, and if the title is not there, build again with it cut to the canvas
+        room = self.size.width - 2
+        for _ in range(3):
+            title = self._title(hidden, log, room)
+            try:
+                rendered = self._build(drawn, log, title)
+            except Exception as exc:  # plotext can trip on odd data; a chart must never take the app down
+                return f"{self.title}: cannot draw ({type(exc).__name__})"
+            plain = rendered.plain
+            if title.strip() in plain or "┌" not in plain:
+                break
+            corner = plain.index("┌") - plain.rfind("\n", 0, plain.index("┌")) - 1  # the y ticks' width
+            room = min(room - 4, self.size.width - corner - 4)
+        return rendered
+
+    def _build(self, drawn: list[tuple], log: bool, title: str):
+        """The chart drawn from scratch (plotext keeps its canvas between builds: never build twice
+        without clearing)."""
+        plt = self.plt
+        plt.clear_data()
+        plt.xlabel(self._xlabel)
+        plt.title(title)
         plt.yscale("log" if log else "linear")
         if self.legend:
             self._legend_headroom(drawn, log)
@@ -201,17 +221,7 @@ class MetricChart(PlotextPlot):
                 plt.plot(xs, ys, marker="braille", color=colour, label=label or " ")
             else:
                 plt.plot(xs, ys, marker="braille", color=colour)
-        # plotext drops a title wider than its canvas (the width less the y ticks): cut it until it shows
-        for room in (self.size.width - 2, self.size.width - 6, self.size.width - 10, self.size.width - 14):
-            title = self._title(hidden, log, room)
-            plt.title(title)
-            try:
-                rendered = super().render()
-            except Exception as exc:  # plotext can trip on odd data; a chart must never take the app down
-                return f"{self.title}: cannot draw ({type(exc).__name__})"
-            if title.strip() in rendered.plain:
-                break
-        return rendered
+        return super().render()
 
 
 def _finite_points(xs: Sequence[float], ys: Sequence[float], smoothing: float) -> tuple[list[float], list[float]]:
