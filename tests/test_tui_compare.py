@@ -4,6 +4,7 @@ and an empty run folder); and the Train screen's EMA and log-y keys."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -217,6 +218,22 @@ async def test_one_run_says_pick_two_or_more(three_runs):
         screen = await open_compare(app, pilot, messages, [three_runs[2]])
         assert "Pick two or more runs" in runs_text(screen)
         assert [s[0] for s in screen.query_one("#cmp-val-loss", MetricChart).series] == ["gamma"]
+
+
+async def test_nine_runs_eight_drawn_the_ninth_listed(three_runs, gpttui_home):
+    dirs = []
+    for i in range(9):  # copies of the three runs, each its own folder (labels told apart by folder name)
+        copy = gpttui_home / "runs" / f"20261128-1100{i:02d}-c{i:03d}"
+        shutil.copytree(three_runs[i % 3], copy)
+        dirs.append(copy)
+    messages = Messages()
+    app = create_app()
+    async with app.run_test(size=(120, 40), message_hook=messages) as pilot:
+        screen = await open_compare(app, pilot, messages, [*dirs, dirs[0]])  # one marked twice
+        loss = screen.query_one("#cmp-train-loss", MetricChart)
+        assert len(loss.series) == 8 and len({s[3] for s in loss.series}) == 8
+        assert len({s[0] for s in loss.series}) == 8  # the same save names, told apart
+        assert "Not drawn (at most 8 runs, one colour each): 20261128-110008-c008" in runs_text(screen)
 
 
 async def test_train_screen_loss_chart_smooths_and_logs_while_a_field_has_focus(three_runs):

@@ -230,13 +230,25 @@ def _finite_points(xs: Sequence[float], ys: Sequence[float], smoothing: float) -
     n = min(len(xs), len(ys))
     if n == 0:
         return [], []
-    x = np.asarray(xs[:n], dtype=np.float64)
-    y = ema_array(ys[:n], smoothing) if smoothing else np.asarray(ys[:n], dtype=np.float64)
+    x = _floats(xs, n)
+    y = ema_array(_floats(ys, n), smoothing) if smoothing else _floats(ys, n)
     keep = np.isfinite(x) & np.isfinite(y)
-    x, y = x[keep], y[keep]
+    if not keep.all():
+        x, y = x[keep], y[keep]
     if x.size <= MAX_CHART_POINTS:
         return x.tolist(), y.tolist()
     return downsample(x, y, MAX_CHART_POINTS)
+
+
+def _floats(values: Sequence[float], n: int) -> np.ndarray:
+    """The first ``n`` values as float64 (``None`` as NaN); np.fromiter is twice as fast as
+    np.asarray on a list of Python numbers, which a long run's curve is."""
+    if isinstance(values, np.ndarray):
+        return values[:n].astype(np.float64, copy=False)
+    try:
+        return np.fromiter(values, dtype=np.float64, count=n)
+    except (TypeError, ValueError):  # a None in the list
+        return np.asarray(list(values[:n]), dtype=np.float64)
 
 
 def _positive(series: list[tuple]) -> tuple[list[tuple], int]:

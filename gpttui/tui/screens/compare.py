@@ -199,7 +199,7 @@ class CompareScreen(Screen):
 
     def __init__(self, run_dirs: list[Path]) -> None:
         super().__init__()
-        self.run_dirs = [Path(d) for d in run_dirs]
+        self.run_dirs = list(dict.fromkeys(Path(d) for d in run_dirs))  # a run marked twice is drawn once
         self.x_axis = "step"
         self.smoothing = 0.0
         self.log_y = False
