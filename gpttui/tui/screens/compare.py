@@ -228,7 +228,9 @@ class CompareScreen(Screen):
     def follow(self, run_dirs: list[Path]) -> None:
         worker = get_current_worker()
         sources = [RunSource(i, d) for i, d in enumerate(run_dirs)]
-        for source in sources:
+        for source in sources:  # a 200,000-step log takes a moment: closing meanwhile ends it here
+            if self._stop.is_set() or worker.is_cancelled:
+                return
             source.refresh_status()
             source.read()
         for source, label in zip(sources, run_labels([s.name for s in sources], [d.name for d in run_dirs])):
