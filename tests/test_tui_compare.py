@@ -237,29 +237,43 @@ async def test_nine_runs_eight_drawn_the_ninth_listed(three_runs, gpttui_home):
 
 
 async def test_train_screen_loss_chart_smooths_and_logs_while_a_field_has_focus(three_runs):
-    """ctrl+f / ctrl+g on the Train screen, with the cursor in a form field (Input keeps its own keys)."""
+    """ctrl+f / ctrl+g on the Train screen, with the cursor in a form field (Input keeps its own keys);
+    steps arriving after the toggle are drawn smoothed too (the chart's skip-if-unchanged check knows
+    the toggle)."""
     messages = Messages()
     app = create_app()
     async with app.run_test(size=(120, 40), message_hook=messages) as pilot:
         await pilot.press("f3")
         await pilot.pause()
         screen = app.screen
-        app.state.session.history.feed_records(read_run_events(three_runs[1]))  # as a run in this app would
+        records = read_run_events(three_runs[1])
+        cut = [i for i, r in enumerate(records) if r["event"] == "step"][5]
+        history = app.state.session.history
+        history.feed_records(records[:cut])  # as a run in this app would, its first five steps
         screen.redraw()  # what its 0.25 s timer does
         await pilot.pause()
         loss = screen.query_one("#chart-loss", MetricChart)
         ppl = screen.query_one("#chart-ppl", MetricChart)
         raw = [list(s[2]) for s in loss.series]
-        assert len(raw[0]) == STEPS
+        assert len(raw[0]) == 5
         lr = screen.query_one("#lr", Input)
         lr.focus()
         before = lr.value
         await pilot.press("ctrl+f")
         assert loss.smoothing == DEFAULT_EMA_WEIGHT == ppl.smoothing
         assert [s[2] for s in loss.series] == [pytest.approx(ema(v)) for v in raw]
+        screen.redraw()  # nothing new: the chart keeps its smoothed curves
+        assert [s[2] for s in loss.series] == [pytest.approx(ema(v)) for v in raw]
+
+        history.feed_records(records[cut:])  # the rest of the run arrives while EMA is on
+        screen.redraw()
+        await pilot.pause()
+        steps = [r["loss"] for r in records if r["event"] == "step"]
+        assert len(steps) == STEPS and loss.series[0][2] == pytest.approx(ema(steps))
+
         await pilot.press("ctrl+g")
         assert loss.log_y and ppl.log_y and "· log" in chart_text(loss)
         await pilot.press("ctrl+f", "ctrl+g")
         assert loss.smoothing == 0 and not loss.log_y and ppl.log_y  # perplexity stays on its log axis
-        assert [s[2] for s in loss.series] == raw
+        assert loss.series[0][2] == steps
         assert lr.value == before and app.focused is lr

@@ -96,7 +96,6 @@ class RunSource:
         self.run_dir = run_dir
         self.follower = EventFollower(run_dir)
         self.history = RunHistory()
-        self.records = 0  # records read from the log, known to gpttui or not
         self.status = RunStatus(run_id=run_dir.name, run_dir=str(run_dir), state="unknown")
         self.label = run_dir.name
         self.colour = RUN_COLOURS[index % len(RUN_COLOURS)]
@@ -104,9 +103,7 @@ class RunSource:
 
     def read(self) -> bool:
         """Reads what the log gained; whether the run's curves changed."""
-        records = self.follower.read_new()
-        self.records += len(records)
-        self.history.feed_records(records)
+        self.history.feed_records(self.follower.read_new())
         return self.history.version != self._drawn_version
 
     def refresh_status(self) -> bool:
