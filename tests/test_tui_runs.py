@@ -84,6 +84,11 @@ async def test_attach_to_a_cli_run_see_its_steps_and_steer_it_through_its_run_di
         assert app.screen.highlighted_run() == run_dir.name  # the live run comes first
         row = row_of(app, run_dir.name)
         assert row["name"] == "outside" and "running" in row["state"] and row["device"] == "cpu"
+        await pilot.press("p")  # steer the highlighted run from the list
+        await until(pilot, lambda: run_status(run_dir).state == "paused", "p to pause it")
+        await until(pilot, lambda: "paused" in row_of(app, run_dir.name)["state"], "the list to show it paused")
+        await pilot.press("r")
+        await until(pilot, lambda: run_status(run_dir).state == "running", "r to resume it")
 
         await pilot.press("enter")  # attach
         await pilot.pause()
@@ -143,7 +148,7 @@ async def test_a_killed_trainer_shows_as_crashed_with_its_last_checkpoint(corpus
         assert "crashed" in failed.message and "'crashy'" in failed.message and failed.last_checkpoint == "crashy"
         await until(pilot, lambda: "crashed" in text_of(app, "#status"), "the status line to say crashed")
         assert "crashy" in text_of(app, "#status")
-        assert not app.state.monitored.running and not app.screen.query_one("#pause", Button).disabled is False
+        assert not app.state.monitored.running and app.screen.query_one("#pause", Button).disabled
 
 
 async def test_a_background_start_outlives_the_app_and_quitting_does_not_ask(corpus, pids):  # noqa: F811
@@ -167,8 +172,7 @@ async def test_a_background_start_outlives_the_app_and_quitting_does_not_ask(cor
         assert not app.state.session.running  # nothing trains in the app
         await until(pilot, lambda: followed.history.last_step, "its steps on the monitor")
         assert followed.label == "pilot" and "pilot" in app.sub_title and BACKGROUND in app.sub_title
-        config = json.loads((run_dir / "config.json").read_text())
-        assert config["train"]["save_name"] == "pilot" if "train" in config else True
+        assert run_status(run_dir).save_name == "pilot" and run_status(run_dir).total_steps > 100
 
         await pilot.press("ctrl+q")  # only a background run: no question, the app leaves
         await pilot.pause()

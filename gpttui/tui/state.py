@@ -233,6 +233,9 @@ class FollowedRun:
         if status.state == "crashed":
             where = (f"Its last checkpoint is {status.last_checkpoint!r}." if status.last_checkpoint
                      else "It saved no checkpoint.")
+            log = self.run_dir / "train.log"
+            if log.is_file():  # a background run's output: its last words are there
+                where += f" Its output: {log}."
             event = FailedEvent(f"Run {self.run_id} crashed ({status.message}). {where}", status.step,
                                 status.last_checkpoint)
             self.history.feed(event)
