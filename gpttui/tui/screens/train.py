@@ -225,7 +225,7 @@ class TrainScreen(ListsCheckpoints, Screen):
     @on(Button.Pressed, "#start")
     def action_start(self) -> None:
         app = self.app
-        if app.state.session.running or app.state.monitored.running:
+        if app.state.session.running:  # one run in this app at a time; background runs are not counted
             app.notify("A run is already in progress.", severity="warning")
             return
         try:
@@ -320,7 +320,7 @@ class TrainScreen(ListsCheckpoints, Screen):
                 save_name: str | None | object = ...) -> None:
         app = self.app
         state = app.state
-        if state.session.running or state.monitored.running:
+        if state.session.running:
             app.notify("A run is already in progress.", severity="warning")
             return
         if (model_config is not None and not state.data_context_set
@@ -343,7 +343,7 @@ class TrainScreen(ListsCheckpoints, Screen):
             self._cannot_start(str(exc))
             return
         label = resume or f"{self.query_one('#preset', Select).value}"
-        state.unfollow()  # the monitor shows this run
+        self._leave_followed()
         for child in list(self.query_one("#samples").children):
             child.remove()
         self._samples_shown = 0
@@ -363,11 +363,20 @@ class TrainScreen(ListsCheckpoints, Screen):
         except (ValueError, OSError, GPTTUIError) as exc:
             self._cannot_start(f"Cannot start the run in the background: {exc}")
             return
+        self._leave_followed()
         self.app.state.follow(self.app, run_dir, config.save_name or resume or "")
         self.app.notify(f"Run {run_id} started in the background (pid {pid}); it goes on when you quit. "
                         f"Output: {run_dir / 'train.log'}", title="Background run")
         self._set_status("Starting in the background…")
         self._sync_buttons()
+
+    def _leave_followed(self) -> None:
+        """The monitor turns to the run being started; a background run it showed goes on (F10 lists it)."""
+        followed = self.app.state.followed
+        if followed is not None and followed.running:
+            self.app.notify(f"Run {followed.run_id} ({followed.label}) keeps training in the background; the "
+                            "Runs screen (F10) lists it.")
+        self.app.state.unfollow()
 
     @on(Button.Pressed, "#pause")
     def action_pause(self) -> None:
@@ -406,7 +415,7 @@ class TrainScreen(ListsCheckpoints, Screen):
         session = self.app.state.monitored
         running = session.running
         paused = session.paused
-        self.query_one("#start", Button).disabled = running or self.app.state.session.running
+        self.query_one("#start", Button).disabled = self.app.state.session.running
         pause = self.query_one("#pause", Button)
         pause.disabled = not running
         pause.label = "Resume F7" if paused else "Pause F7"
