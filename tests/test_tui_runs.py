@@ -143,6 +143,13 @@ async def test_a_killed_trainer_shows_as_crashed_with_its_last_checkpoint(corpus
         await pilot.pause()
         assert not (run_dir / "commands").exists() or not list((run_dir / "commands").iterdir())
 
+        await pilot.press("space")  # mark it; one run is not enough to compare
+        await pilot.pause()
+        assert row_of(app, "crash-run")["mark"] == "●" and app.screen.marked == {"crash-run"}
+        await pilot.press("c")
+        await pilot.pause()
+        assert any("Mark two or more runs" in n.message for n in app._notifications)
+
         await pilot.press("enter")
         failed = await messages.event(lambda e: isinstance(e, FailedEvent), timeout=DEADLINE_S)  # the notification
         assert "crashed" in failed.message and "'crashy'" in failed.message and failed.last_checkpoint == "crashy"
@@ -187,3 +194,16 @@ async def test_a_background_start_outlives_the_app_and_quitting_does_not_ask(cor
     finished = wait_for(lambda: events_of(run_dir, "finished"), "the finished event")[0]
     assert finished["reason"] == "stopped" and finished["checkpoint"] == "pilot"
     wait_for(lambda: run_status(run_dir).state == "stopped", "status stopped")
+
+
+async def test_no_runs_yet_says_how_to_start_one():
+    messages = Messages()
+    app = create_app(settings=DataSettings(source="builtin:pydoc", tokenizer="bytes", context_length=32,
+                                           batch_size=4))
+    async with app.run_test(size=(120, 36), message_hook=messages) as pilot:
+        await runs_listed(app, pilot, messages, lambda m: m.runs == [])
+        info = text_of(app, "#runs-info")
+        assert "F3" in info and "gpttui train --detach" in info
+        await pilot.press("enter")  # nothing to attach to: said, the screen stays
+        await pilot.pause()
+        assert isinstance(app.screen, RunsScreen) and app.state.followed is None

@@ -115,7 +115,8 @@ class RunsScreen(Screen):
             info.update(EMPTY)
         else:
             live = sum(r.live for r in message.runs)
-            info.update(f"{len(message.runs)} runs, {live} live. Enter: attach (the Train screen monitors it) · "
+            count = f"{len(message.runs)} run{'s' if len(message.runs) != 1 else ''}"
+            info.update(f"{count}, {live} live. Enter: attach (the Train screen monitors it) · "
                         "p/r/s/x: pause/resume/save now/stop a live run · space: mark · c: compare the marked")
 
     def _fill(self, runs: list[RunStatus]) -> None:

@@ -453,8 +453,8 @@ class TrainScreen(ListsCheckpoints, Screen):
         self.query_one("#progress", ProgressBar).update(total=1.0, progress=snap.progress)
         status = status_text(snap)
         if session is not self.app.state.session:
-            status += (f"\n[dim]{escape(session.kind)}: run {escape(session.run_dir.name)} · steer it here or with "
-                       f"`gpttui runs pause|resume|save|stop {escape(session.run_dir.name)}`[/dim]")
+            status += (f"\n[dim]{escape(session.kind)} · from a terminal: "
+                       f"`gpttui runs attach {escape(session.run_dir.name)}`[/dim]")
         self._set_status(status)
         self._show_samples(snap.samples)
 
