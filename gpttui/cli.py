@@ -11,6 +11,7 @@ from typing import Any, Sequence
 from gpttui import __version__
 from gpttui.cli_output import EXIT_ERROR, EventPrinter, Out, ProgressBar
 from gpttui.core.errors import GPTTUIError
+from gpttui.core.launch import OFF
 from gpttui.core.units import format_bytes as _fmt_size, format_count
 
 
@@ -19,14 +20,22 @@ from gpttui.core.units import format_bytes as _fmt_size, format_count
 
 def _data_settings(args: argparse.Namespace, defaults: dict[str, Any] | None = None):
     """The data settings the arguments give, over ``defaults`` (a plan's); ``--seed`` seeds the split's
-    shuffle too."""
+    shuffle too, unless ``--data-seed``; ``--stride off``: the context length, whatever ``defaults`` say."""
+    from dataclasses import replace
+
     from gpttui.core.runplan import data_settings_for
 
+    stride = getattr(args, "stride", None)
     given = {"source": getattr(args, "data", None), "tokenizer": getattr(args, "tokenizer", None),
-             "context_length": getattr(args, "context_length", None), "stride": getattr(args, "stride", None),
+             "context_length": getattr(args, "context_length", None), "stride": None if stride == OFF else stride,
              "batch_size": getattr(args, "batch_size", None), "train_ratio": getattr(args, "train_ratio", None),
-             "seed": getattr(args, "seed", None)}
-    return data_settings_for(given, defaults)
+             "seed": _first(getattr(args, "data_seed", None), getattr(args, "seed", None))}
+    settings = data_settings_for(given, defaults)
+    return replace(settings, stride=None) if stride == OFF else settings
+
+
+def _first(*values: Any) -> Any:
+    return next((v for v in values if v is not None), None)
 
 
 def cmd_data_stats(args: argparse.Namespace) -> int:
@@ -108,7 +117,7 @@ def _run_shape(args: argparse.Namespace):
     from gpttui.core.tokenizer import TOKENIZER_VOCAB
 
     return plan_model(args.preset, vocab_size=TOKENIZER_VOCAB[args.tokenizer or "gpt2"],
-                      context_length=args.context_length, n_layers=args.n_layers, n_heads=args.n_heads,
+                      context_length=_first(args.model_context_length, args.context_length), n_layers=args.n_layers, n_heads=args.n_heads,
                       emb_dim=args.emb_dim, drop_rate=args.drop_rate, qkv_bias=args.qkv_bias,
                       tie_weights=args.tie_weights)
 
@@ -118,6 +127,9 @@ def _train_config(args: argparse.Namespace, meta: Any = None):
     from gpttui.core.runplan import RESUMED_TRAIN_FIELDS, train_config_for
 
     given = {name: getattr(args, name) for name in RESUMED_TRAIN_FIELDS if getattr(args, name, None) is not None}
+    given.update({name: None for name, value in given.items() if value == OFF})  # `--max-steps off`
+    if args.sample_at_eval is not None:
+        given["sample_at_eval"] = args.sample_at_eval
     if args.grad_clip == 0:
         given["grad_clip"] = None  # 0 = off
     given["compile"] = bool(args.compile)
@@ -128,31 +140,15 @@ def _train_config(args: argparse.Namespace, meta: Any = None):
 def _detach_train(args: argparse.Namespace) -> int:
     """`gpttui train --detach`: the same command, without --detach, in its own session; output to
     runs/<id>/train.log. Returns at once, printing the run id and how to follow it."""
-    import os
-    import subprocess
+    from gpttui.core.launch import launch_detached
 
-    from gpttui.core import paths
-    from gpttui.core.events import new_run_id
-    from gpttui.core.runs import write_starting_status
-
-    run_id = args.run_id or new_run_id()
-    run_dir = paths.runs_dir() / run_id
-    run_dir.mkdir(parents=True, exist_ok=True)
     argv = [a for a in (args.argv or []) if a != "--detach"]
-    if not args.run_id:
-        argv += ["--run-id", run_id]
-    with open(run_dir / "train.log", "ab") as log, open(os.devnull, "rb") as devnull:
-        child = subprocess.Popen([sys.executable, "-m", "gpttui", *argv], stdin=devnull, stdout=log,
-                                 stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
-    try:
-        write_starting_status(run_dir, run_id, child.pid)
-    except OSError:
-        pass  # the child writes its own status as it starts
+    run_id, run_dir, pid = launch_detached(argv, args.run_id)
     out = Out()
     if args.json:
-        out(json.dumps({"run_id": run_id, "run_dir": str(run_dir), "pid": child.pid}))
+        out(json.dumps({"run_id": run_id, "run_dir": str(run_dir), "pid": pid}))
     else:
-        out(f"Started run {run_id} in the background (pid {child.pid}); output: {run_dir / 'train.log'}")
+        out(f"Started run {run_id} in the background (pid {pid}); output: {run_dir / 'train.log'}")
         out(f"Follow it with `gpttui runs logs {run_id} -f`; steer it with "
             f"`gpttui runs pause|resume|save|stop {run_id}`.")
     return 0
@@ -395,14 +391,24 @@ def cmd_import_gpt2(args: argparse.Namespace) -> int:
 
 # --- parser ----------------------------------------------------------------------------------------
 
+def _or_off(kind):
+    """An argument type: a number, or ``off`` (no value, over a resumed checkpoint's)."""
+    def parse(text: str):
+        return OFF if text.strip().lower() == OFF else kind(text)
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="text file, folder of .txt/.md, or builtin:pydoc (default)")
     p.add_argument("--tokenizer", choices=["gpt2", "bytes"], help="default gpt2")
     p.add_argument("--context-length", type=int,
                    help="tokens per window (default: the model's context; 256 for data stats)")
-    p.add_argument("--stride", type=int, help="window stride (default: the context length)")
+    p.add_argument("--stride", type=_or_off(int), help="window stride (default, or off: the context length)")
     p.add_argument("--batch-size", type=int, help="default 2")
     p.add_argument("--train-ratio", type=float, help="share of characters for training (default 0.9)")
+    p.add_argument("--data-seed", type=int, help="seed of the train/val split's shuffle (default: --seed)")
 
 
 def _add_train_parser(sub) -> None:
@@ -415,12 +421,15 @@ def _add_train_parser(sub) -> None:
     p.add_argument("--n-heads", type=int)
     p.add_argument("--emb-dim", type=int)
     p.add_argument("--drop-rate", type=float)
+    p.add_argument("--model-context-length", type=int,
+                   help="the new model's context, when the data's windows (--context-length) are shorter")
     p.add_argument("--qkv-bias", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--tie-weights", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--epochs", type=int, help="default 10")
-    p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
+    p.add_argument("--max-steps", type=_or_off(int), help="stop after this many optimizer steps (off: no limit)")
     p.add_argument("--lr", type=float, help="peak learning rate (default 4e-4)")
-    p.add_argument("--min-lr", type=float, help="cosine-decay the lr to this after warmup (default: constant)")
+    p.add_argument("--min-lr", type=_or_off(float),
+                   help="cosine-decay the lr to this after warmup (default, or off: constant)")
     p.add_argument("--weight-decay", type=float, help="default 0.1")
     p.add_argument("--warmup-steps", type=int, help="linear warmup steps (default 0)")
     p.add_argument("--grad-clip", type=float, help="clip the gradient norm (default off; 0 = off)")
@@ -429,6 +438,8 @@ def _add_train_parser(sub) -> None:
     p.add_argument("--eval-iter", type=int, help="batches per evaluation (default 5)")
     p.add_argument("--start-context", help='prompt for samples (default "Every effort moves you")')
     p.add_argument("--sample-tokens", type=int, help="tokens per sample (default 50)")
+    p.add_argument("--sample-at-eval", action=argparse.BooleanOptionalAction, default=None,
+                   help="also sample text at each evaluation (default: at the end only)")
     p.add_argument("--seed", type=int, help="default 123")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N, mps")
     p.add_argument("--dtype", choices=["fp32", "bf16"], help="default fp32")

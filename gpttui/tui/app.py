@@ -17,6 +17,7 @@ from gpttui.tui.messages import TrainingEvent
 from gpttui.tui.screens.checkpoints import CheckpointsScreen
 from gpttui.tui.screens.dataset import DatasetScreen
 from gpttui.tui.screens.generate import GenerateScreen
+from gpttui.tui.screens.runs import RunsScreen
 from gpttui.tui.screens.train import TrainScreen
 from gpttui.tui.state import AppState
 
@@ -25,13 +26,14 @@ class GPTTUIApp(App):
     CSS_PATH = "gpttui.tcss"
     TITLE = "gpttui"
     MODES = {"dataset": DatasetScreen, "train": TrainScreen, "generate": GenerateScreen,
-             "checkpoints": CheckpointsScreen}
+             "checkpoints": CheckpointsScreen, "runs": RunsScreen}
     DEFAULT_MODE = "dataset"
     BINDINGS = [
         Binding("f2", "switch_mode('dataset')", "Dataset", priority=True),
         Binding("f3", "switch_mode('train')", "Train", priority=True),
         Binding("f4", "switch_mode('generate')", "Generate", priority=True),
         Binding("f5", "switch_mode('checkpoints')", "Checkpoints", priority=True),
+        Binding("f10", "switch_mode('runs')", "Runs", priority=True),
         Binding("ctrl+q", "quit", "Quit", priority=True),
     ]
 
@@ -58,13 +60,14 @@ class GPTTUIApp(App):
     # -- header
     def refresh_header(self) -> None:
         parts = [{"dataset": "Dataset", "train": "Train", "generate": "Generate",
-                  "checkpoints": "Checkpoints"}.get(self.current_mode, self.current_mode.title())]
+                  "checkpoints": "Checkpoints", "runs": "Runs"}.get(self.current_mode, self.current_mode.title())]
         prepared = self.state.prepared
         if prepared is not None:
             parts.append(prepared.corpus.label)
-        session = self.state.session
+        session = self.state.monitored
         if session.label:
-            parts.append(f"model {session.label} ({session.history.status})")
+            where = "" if session is self.state.session else f", {session.kind}"
+            parts.append(f"model {session.label} ({session.history.status}{where})")
         self.sub_title = "  ·  ".join(parts)
 
     # -- training events (posted from the trainer's thread)
@@ -83,6 +86,7 @@ class GPTTUIApp(App):
 
     # -- quitting
     async def action_quit(self) -> None:
+        # Only a run in this app asks (it would end with the app); a background run goes on, unasked.
         session = self.state.session
         if not session.running:
             self.exit()
@@ -103,8 +107,10 @@ class GPTTUIApp(App):
         self.exit()
 
     def on_unmount(self) -> None:
-        # Never leave a training thread behind: it checks for this between steps.
+        # Never leave a training thread behind: it checks for this between steps. A followed run (another
+        # process) goes on: only the thread following it ends.
         self.state.session.stop(save=True)
+        self.state.unfollow()
 
     # -- command palette
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
@@ -117,11 +123,13 @@ class GPTTUIApp(App):
                             lambda: self.switch_mode("generate"))
         yield SystemCommand("Checkpoints screen", "Saved models: generate, continue, rename, export, import (F5)",
                             lambda: self.switch_mode("checkpoints"))
+        yield SystemCommand("Runs screen", "Every run, in this app or in the background: attach, steer, "
+                            "compare (F10)", lambda: self.switch_mode("runs"))
         yield SystemCommand("Use the built-in corpus", "Python's reference manual, shipped with CPython",
                             self._use_builtin)
         if isinstance(screen, TrainScreen):
             yield SystemCommand("Start training", "Start a run with the settings on screen (F6)", screen.action_start)
-            if self.state.session.running:
+            if self.state.monitored.running:
                 yield SystemCommand("Pause or resume training", "(F7)", screen.action_pause)
                 yield SystemCommand("Stop training and save", "(F8)", screen.action_stop)
                 yield SystemCommand("Save a checkpoint now", "(F9)", screen.action_save)

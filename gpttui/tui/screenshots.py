@@ -82,6 +82,10 @@ async def _shoot(out: Path) -> list[Path]:
             await _workers_done(app, group)
         await pilot.pause()
         written.append(Path(app.save_screenshot(str(out / "checkpoints.svg"))))
+        await pilot.press("f10")  # the run just trained, listed with every other run
+        await seen.wait_for(lambda m: type(m).__name__ == "RunsListed")
+        await pilot.pause()
+        written.append(Path(app.save_screenshot(str(out / "runs.svg"))))
     return written
 
 

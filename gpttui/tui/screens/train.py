@@ -27,6 +27,7 @@ from gpttui.tui.dialogs import ConfirmDialog, ContinueDialog
 from gpttui.tui.listing import ListsCheckpoints
 from gpttui.tui.messages import CheckpointsListed
 from gpttui.tui.render import context_note, status_text
+from gpttui.tui.state import BACKGROUND, IN_APP
 from gpttui.tui.widgets import Field, MetricChart, read_field
 
 NEW_MODEL = "__new__"
@@ -87,6 +88,10 @@ class TrainScreen(ListsCheckpoints, Screen):
                              value="auto", id="device", allow_blank=False)
                 yield Select([("dtype: fp32", "fp32"), ("bf16 autocast", "bf16")], value="fp32", id="dtype",
                              allow_blank=False)
+                yield Select([(f"run {IN_APP}", IN_APP), (f"run {BACKGROUND} (survives closing the app)",
+                                                         BACKGROUND)], value=IN_APP, id="run-where",
+                             allow_blank=False, tooltip="in this app: a thread of the app; in the background: a "
+                                                        "`gpttui train` process of its own, followed here")
             with Vertical(id="monitor"):
                 with Horizontal(id="controls"):
                     yield Button("Start F6", id="start", variant="success")
@@ -109,7 +114,7 @@ class TrainScreen(ListsCheckpoints, Screen):
         self.smoothing, self.log_y = 0.0, False  # the loss charts' EMA (ctrl+f) and log y (ctrl+g)
         self._drawn_version = -1
         self._samples_shown = 0
-        self._run_shown: str | None = None
+        self._monitor_shown: object = None  # the session drawn (the in-app one, or a followed run)
         self.resume_values: list[str] = [NEW_MODEL]  # the #resume choices, as listed
         self.refresh_checkpoints()
         self._apply_preset("tiny")
@@ -224,7 +229,7 @@ class TrainScreen(ListsCheckpoints, Screen):
     @on(Button.Pressed, "#start")
     def action_start(self) -> None:
         app = self.app
-        if app.state.session.running:
+        if app.state.session.running:  # one run in this app at a time; background runs are not counted
             app.notify("A run is already in progress.", severity="warning")
             return
         try:
@@ -318,11 +323,10 @@ class TrainScreen(ListsCheckpoints, Screen):
     def _launch(self, prepared, config: TrainConfig, model_config, resume: str | None, *, overwrite: bool = False,
                 save_name: str | None | object = ...) -> None:
         app = self.app
-        session = app.state.session
-        if session.running:
+        state = app.state
+        if state.session.running:
             app.notify("A run is already in progress.", severity="warning")
             return
-        state = app.state
         if (model_config is not None and not state.data_context_set
                 and prepared.settings.context_length != model_config.context_length):
             # The model owns the context: the data's windows follow it (the user did not set them).
@@ -332,6 +336,10 @@ class TrainScreen(ListsCheckpoints, Screen):
             return
         if save_name is not ...:
             config = TrainConfig(**{**config.to_dict(), "save_name": save_name})
+        if self.query_one("#run-where", Select).value == BACKGROUND:
+            self._launch_background(prepared, config, model_config, resume, overwrite)
+            return
+        session = state.session
         try:
             tokenizer = get_tokenizer(prepared.settings.tokenizer)
             trainer = Trainer(prepared, tokenizer, config, model_config, resume=resume, overwrite=overwrite)
@@ -339,6 +347,7 @@ class TrainScreen(ListsCheckpoints, Screen):
             self._cannot_start(str(exc))
             return
         label = resume or f"{self.query_one('#preset', Select).value}"
+        self._leave_followed()
         for child in list(self.query_one("#samples").children):
             child.remove()
         self._samples_shown = 0
@@ -346,30 +355,59 @@ class TrainScreen(ListsCheckpoints, Screen):
         self._set_status("Starting…")
         self._sync_buttons()
 
+    def _launch_background(self, prepared, config: TrainConfig, model_config, resume: str | None,
+                           overwrite: bool) -> None:
+        """The planned run as a `gpttui train` process of its own (it survives the app and its terminal),
+        then followed here like a run in this app."""
+        from gpttui.core.launch import launch_detached, train_argv
+
+        try:
+            argv = train_argv(prepared.settings, model_config, config, resume=resume, overwrite=overwrite)
+            run_id, run_dir, pid = launch_detached(argv)
+        except (ValueError, OSError, GPTTUIError) as exc:
+            self._cannot_start(f"Cannot start the run in the background: {exc}")
+            return
+        self._leave_followed()
+        self.app.state.follow(self.app, run_dir, config.save_name or resume or "")
+        self.app.notify(f"Run {run_id} started in the background (pid {pid}); it goes on when you quit. "
+                        f"Output: {run_dir / 'train.log'}", title="Background run")
+        self._set_status("Starting in the background…")
+        self._sync_buttons()
+
+    def _leave_followed(self) -> None:
+        """The monitor turns to the run being started; a background run it showed goes on (F10 lists it)."""
+        followed = self.app.state.followed
+        if followed is not None and followed.running:
+            self.app.notify(f"Run {followed.run_id} ({followed.label}) keeps training in the background; the "
+                            "Runs screen (F10) lists it.")
+        self.app.state.unfollow()
+
     @on(Button.Pressed, "#pause")
     def action_pause(self) -> None:
-        session = self.app.state.session
-        if not session.running or session.control is None:
-            return
-        if session.control.paused:
-            session.control.resume()
-        else:
-            session.control.pause()
-        self._sync_buttons()
+        session = self.app.state.monitored
+        if session.running and self._control(session.resume if session.paused else session.pause):
+            self._sync_buttons()
 
     @on(Button.Pressed, "#stop")
     def action_stop(self) -> None:
-        session = self.app.state.session
-        if session.running:
-            session.stop(save=True)
+        session = self.app.state.monitored
+        if session.running and self._control(session.stop):
             self._set_status("Stopping after this step, then saving…")
 
     @on(Button.Pressed, "#save")
     def action_save(self) -> None:
-        session = self.app.state.session
-        if session.running and session.control is not None:
-            session.control.request_save()
+        session = self.app.state.monitored
+        if session.running and self._control(session.request_save):
             self.app.notify("Saving after this step…")
+
+    def _control(self, action) -> bool:
+        """Apply a control; a background run's goes through its run directory, which may be gone."""
+        try:
+            action()
+        except OSError as exc:
+            self.app.notify(f"Cannot reach the run: {exc}", severity="error")
+            return False
+        return True
 
     def action_toggle_x(self) -> None:
         self.x_axis = "tokens" if self.x_axis == "step" else "step"
@@ -388,10 +426,10 @@ class TrainScreen(ListsCheckpoints, Screen):
 
     # -- the monitor, redrawn from the shared history a few times a second
     def _sync_buttons(self) -> None:
-        session = self.app.state.session
+        session = self.app.state.monitored
         running = session.running
-        paused = bool(session.control and session.control.paused)
-        self.query_one("#start", Button).disabled = running
+        paused = session.paused
+        self.query_one("#start", Button).disabled = self.app.state.session.running
         pause = self.query_one("#pause", Button)
         pause.disabled = not running
         pause.label = "Resume F7" if paused else "Pause F7"
@@ -402,8 +440,14 @@ class TrainScreen(ListsCheckpoints, Screen):
         self.query_one("#status", Static).update(markup)
 
     def redraw(self) -> None:
-        history = self.app.state.session.history
+        session = self.app.state.monitored
+        history = session.history
         self._sync_buttons()
+        if session is not self._monitor_shown:  # another run to show: its own samples
+            self._monitor_shown, self._drawn_version = session, -1
+            for child in list(self.query_one("#samples").children):
+                child.remove()
+            self._samples_shown = 0
         if history.version == self._drawn_version:
             return
         self._drawn_version = history.version
@@ -423,7 +467,11 @@ class TrainScreen(ListsCheckpoints, Screen):
         self.query_one("#chart-lr", MetricChart).set_series([("lr", sx, sv.get("lr", []))], xlabel)
         self.query_one("#chart-tps", MetricChart).set_series([("tok/s", sx, sv.get("tokens_per_sec", []))], xlabel)
         self.query_one("#progress", ProgressBar).update(total=1.0, progress=snap.progress)
-        self._set_status(status_text(snap))
+        status = status_text(snap)
+        if session is not self.app.state.session:
+            status += (f"\n[dim]{escape(session.kind)} · from a terminal: "
+                       f"`gpttui runs attach {escape(session.run_dir.name)}`[/dim]")
+        self._set_status(status)
         self._show_samples(snap.samples)
 
     def _show_samples(self, samples) -> None:
