@@ -11,7 +11,7 @@ from textual.worker import WorkerCancelled, WorkerFailed
 
 from gpttui.tui.messages import GenerationDone, TrainingEvent
 
-BACKGROUND = ("training", "warm-up")  # workers that outlive a test step: never waited for here
+BACKGROUND = ("training", "warm-up", "follow")  # workers that outlive a test step: never waited for here
 
 
 class Messages:
