@@ -1,19 +1,23 @@
 """``gpttui serve``: the app in a web browser, through textual-serve.
 
-Every browser tab that opens the page gets its own ``python -m gpttui`` process (this interpreter, this
-environment, so the same GPTTUI_HOME), driven over a websocket by textual-serve.
+Every browser tab that opens the page gets its own app process (``python -m gpttui.cli_serve``: gpttui's app,
+with this interpreter and environment, so the same GPTTUI_HOME), driven over a websocket by textual-serve.
 
-What textual-serve does when a tab closes (read from textual-serve 1.1.x and textual's WebDriver, and checked
-by tests/test_serve.py): it sends no signal. It writes a "quit" packet to the app's stdin; textual's WebDriver
-turns that into the app's ExitApp message, so the app leaves through its normal unmount path (an in-app run
-stops after its step and saves, as on any exit), and textual-serve waits for the app's stdout to close, with no
-timeout and no kill. A run started with ``gpttui train --detach`` lives in its own session and is no child of
-the app, so it keeps training. Stopping the server (Ctrl+C, SIGTERM) ends each open tab's app the same way.
+What textual-serve (1.1.x) does when a tab closes: it sends no signal. It writes a "quit" packet on the app's
+stdin, which textual's WebDriver turns into ExitApp, and then waits for the app's stdout to close, with no
+timeout and no kill. ExitApp alone would skip the app's stop-and-save while an in-app run trains (the process
+would go on until the whole run ends), so the app runs on :func:`_served_web_driver`'s driver, which takes
+"quit" (and a Ctrl+C reaching the app) as a hang-up, SIGHUP: the run stops after its step and saves, the app
+exits. If the server dies without a word (kill -9), textual's WebDriver ignores the end of its stdin;
+:func:`watch_server` hangs the app up then. A run started with ``gpttui train --detach`` lives in its own
+session and is no child of the app, so it keeps training through all of this. tests/test_serve.py checks each
+case with real processes.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import errno
 import ipaddress
 import os
@@ -122,8 +126,58 @@ def watch_server(server_pid: int, poll_s: float = SERVER_POLL_S) -> None:
     os.kill(os.getpid(), signal.SIGHUP)
 
 
+def hang_up() -> None:
+    """Send this process SIGHUP: the app's way out for a closed terminal (an in-app run stops after its
+    step and saves, then the app exits)."""
+    os.kill(os.getpid(), signal.SIGHUP)
+
+
+def _served_web_driver():
+    """textual's WebDriver, with the end of a tab taken as a hang-up (SIGHUP) instead of ExitApp.
+
+    textual-serve ends a tab's app with a "quit" packet, which the WebDriver turns into ExitApp, and the
+    WebDriver answers SIGINT (Ctrl+C in the server's terminal reaches its apps too) the same way. ExitApp
+    skips the app's stop-and-save: Textual cancels the training worker as it shuts down, the session then
+    no longer counts as running, nothing asks the trainer thread to stop, and the process waits for the
+    whole run to end. SIGHUP is the app's tested path; until the app installs its handler (on mount) a
+    provisional one here exits as the WebDriver would."""
+    from textual import messages
+    from textual.drivers.web_driver import WebDriver
+
+    class ServedWebDriver(WebDriver):
+        def start_application_mode(self) -> None:
+            super().start_application_mode()
+            loop = asyncio.get_running_loop()
+            app = self._app
+
+            def exit_app() -> None:  # before the app's own SIGHUP handler exists: nothing to save yet
+                asyncio.run_coroutine_threadsafe(app._post_message(messages.ExitApp()), loop=loop)
+
+            loop.add_signal_handler(signal.SIGHUP, exit_app)
+            loop.add_signal_handler(signal.SIGINT, hang_up)
+
+        def on_meta(self, packet_type: str, payload: dict) -> None:
+            if packet_type == "quit":
+                hang_up()
+            else:
+                super().on_meta(packet_type, payload)
+
+    return ServedWebDriver
+
+
+def __getattr__(name: str):
+    """``ServedWebDriver`` is built on first use, so that ``gpttui --help`` does not import Textual."""
+    if name == "ServedWebDriver":
+        return _served_web_driver()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def run_served_app() -> int:
-    """One tab's app: gpttui's app, as ``python -m gpttui`` runs it, watched by :func:`watch_server`."""
+    """One tab's app: gpttui's app, as ``python -m gpttui`` runs it, on :func:`_served_web_driver`'s driver
+    and watched by :func:`watch_server`."""
+    served = os.environ.get("TEXTUAL_DRIVER", "").endswith(":WebDriver")  # set by textual-serve
+    if served and hasattr(signal, "SIGHUP"):  # not on Windows: there the WebDriver's own ExitApp stays
+        os.environ["TEXTUAL_DRIVER"] = "gpttui.cli_serve:ServedWebDriver"
     server_pid = os.environ.get(SERVER_PID_ENV, "")
     if server_pid.isdigit():
         threading.Thread(target=watch_server, args=(int(server_pid),), name="gpttui-serve-watch",
@@ -169,7 +223,8 @@ def make_server(server_class, host: str, port: int, public_url: str | None):
     server = GpttuiServer(app_command(), host=host, port=port, title="gpttui", public_url=public_url)
     server.fixed_public_url = public_url is not None
     server.open_sockets = set()
-    shown_host = f"[{host}]" if ":" in host else host
+    shown_host = socket.gethostname() if host in ("0.0.0.0", "::", "") else host  # every address: its name
+    shown_host = f"[{shown_host}]" if ":" in shown_host else shown_host
     server.shown_url = public_url or f"http://{shown_host}:{port}"
     return server
 

@@ -11,6 +11,7 @@ Every wait polls a condition with a deadline; nothing sleeps to synchronise.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -35,7 +36,7 @@ from test_runs import env, events_of, gpttui_cmd, last_step, pids, wait_for  # n
 REPO = Path(__file__).resolve().parent.parent
 DEADLINE_S = 90
 WIDTH, HEIGHT = 140, 40  # wide enough that the screens' labels are not wrapped
-F3 = "\x1bOR"  # what xterm.js sends for F3
+F3, F6, CTRL_B = "\x1bOR", "\x1b[17~", "\x02"  # what xterm.js sends for these keys
 DATASET_TEXT = "Built-in corpus"  # a button only the Dataset screen shows
 TRAIN_TEXT = "Start F6"  # a button only the Train screen shows
 ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[\]P^_X].*?(?:\x07|\x1b\\)|\x1b[ -/]*[0-~]", re.S)
@@ -150,6 +151,26 @@ class Tab:
                 raise AssertionError(f"the websocket closed before {marker!r} showed")
         return self.text
 
+    async def open_on_the_dataset_screen(self, served: "Served", known: list[int] = ()) -> list[int]:
+        """Open the tab and wait for the app's Dataset screen; return the app processes this tab started
+        (the server's processes not in ``known``)."""
+        await self.open()
+        await self.read_until(DATASET_TEXT)
+        return [pid for pid in served.apps() if pid not in known]
+
+    async def press(self, keys: str, then_see: str) -> None:
+        """Send ``keys`` and wait until ``then_see`` shows in the output that follows."""
+        mark = len(self.text)
+        await self.send_keys(keys)
+        await self.read_until(then_see, since=mark)
+
+    def keep_reading(self) -> asyncio.Task:
+        """Read in the background, as a browser does (it answers the server's close), until cancelled."""
+        async def drain():
+            with contextlib.suppress(AssertionError):
+                await self.read_until("never shown", timeout=DEADLINE_S * 3)
+        return asyncio.create_task(drain())
+
     async def close(self) -> None:
         if self.ws is not None:
             await self.ws.close()
@@ -157,46 +178,37 @@ class Tab:
             await self.session.close()
 
 
-async def _visit_dataset_then_train(served: Served) -> list[int]:
-    """Open a tab, see the Dataset screen, press F3, see the Train screen; return the app's processes."""
-    tab = Tab(served.url)
-    try:
-        await tab.open()
-        await tab.read_until(DATASET_TEXT)
-        apps = served.apps()
-        mark = len(tab.text)
-        await tab.send_keys(F3)
-        await tab.read_until(TRAIN_TEXT, since=mark)
-    finally:
-        await tab.close()  # the tab closes
-    return apps
+def gone(pids_: list[int]) -> bool:
+    return not any(alive(pid) for pid in pids_)
 
 
-def test_serve_shows_the_app_and_closing_the_tab_ends_its_process(server):
-    proc, url = server.proc, server.url
-    status, page = get(url + "/")
-    assert status == 200
-    assert "gpttui" in page  # the title on the page's start dialog
-    assert f'data-session-websocket-url="ws://127.0.0.1:{url.rsplit(":", 1)[1]}/ws"' in page
-    status, script = get(url + "/static/js/textual.js")
-    assert status == 200 and '"stdin"' in script and '"resize"' in script  # the protocol spoken here
+async def until(condition, what: str) -> None:
+    """:func:`wait_for` off the event loop, so that the tabs keep reading meanwhile."""
+    await asyncio.to_thread(wait_for, condition, what, DEADLINE_S)
 
-    apps = asyncio.run(_visit_dataset_then_train(server))
-    wait_for(lambda: not any(alive(pid) for pid in apps), "the app process to exit after the tab closed",
-             timeout=DEADLINE_S)
-    assert proc.poll() is None  # the server keeps serving
-    assert get(url + "/")[0] == 200
+
+def start_detached_run(corpus, pids: list[int]) -> tuple[dict, Path]:
+    launched = subprocess.run(gpttui_cmd("train", "--data", str(corpus), *TINY_FLAGS, "--detach", "--json"),
+                              capture_output=True, text=True, env=env(), timeout=DEADLINE_S)
+    assert launched.returncode == 0, launched.stderr
+    run = json.loads(launched.stdout)
+    pids.append(run["pid"])
+    return run, paths.runs_dir() / run["run_id"]
 
 
 def test_page_links_follow_the_address_the_browser_used(server):
-    url = server.url
-    port = url.rsplit(":", 1)[1]
-    request = urllib.request.Request(url + "/", headers={"Host": "localhost:9000"})  # an SSH tunnel's port
+    port = server.url.rsplit(":", 1)[1]
+    status, page = get(server.url + "/")
+    assert status == 200 and "gpttui" in page  # the title on the page's start dialog
+    assert f'data-session-websocket-url="ws://127.0.0.1:{port}/ws"' in page
+    request = urllib.request.Request(server.url + "/", headers={"Host": "localhost:9000"})  # an SSH tunnel
     with urllib.request.urlopen(request, timeout=10) as response:
         page = response.read().decode("utf-8")
     assert 'data-session-websocket-url="ws://localhost:9000/ws"' in page
     assert "http://localhost:9000/static/js/textual.js" in page
     assert f":{port}/" not in page
+    status, script = get(server.url + "/static/js/textual.js")
+    assert status == 200 and '"stdin"' in script and '"resize"' in script  # the protocol spoken here
 
 
 def test_a_port_in_use_is_refused_with_a_clear_message(server):
@@ -207,66 +219,85 @@ def test_a_port_in_use_is_refused_with_a_clear_message(server):
     assert f"port {port} on 127.0.0.1 is already in use" in second.stderr and "--port" in second.stderr
 
 
-async def _stop_server_with_a_tab_open(served: Served, stop) -> tuple[list[int], int]:
-    """Open a tab, see the app, call ``stop()``; once the app is gone, return its processes and the server's
-    exit status. The tab keeps reading meanwhile, as a browser does (it answers the server's close)."""
-    tab = Tab(served.url)
+async def _two_tabs_then_ctrl_c(served: Served, run_dir: Path) -> None:
+    """Tab 1: Dataset screen, F3, Train screen, closed: its app ends, the server and tab 2 go on, and so
+    does the detached run. Then Ctrl+C with tab 2 open: the server stops, tab 2's app ends."""
+    first, second = Tab(served.url), Tab(served.url)
     try:
-        await tab.open()
-        await tab.read_until(DATASET_TEXT)
-        apps = served.apps()
-        reading = asyncio.create_task(tab.read_until("never shown", timeout=DEADLINE_S * 2))
-        stop()
-        await asyncio.to_thread(wait_for, lambda: not any(alive(pid) for pid in apps), "the app to exit",
-                                timeout=DEADLINE_S)
-        reading.cancel()
-        return apps, await asyncio.to_thread(served.proc.wait, DEADLINE_S)
+        first_apps = await first.open_on_the_dataset_screen(served)
+        opening = asyncio.create_task(second.open_on_the_dataset_screen(served, known=first_apps))
+        await first.press(F3, then_see=TRAIN_TEXT)
+        await first.close()  # the tab closes
+        second_apps = await opening
+        draining = second.keep_reading()
+        await until(lambda: gone(first_apps), "the closed tab's app to exit")
+        assert served.proc.poll() is None and not gone(second_apps)
+        after_tab = last_step(run_dir)
+        await until(lambda: last_step(run_dir) > after_tab + 5, "the detached run's steps after the tab closed")
+
+        os.killpg(served.proc.pid, signal.SIGINT)  # Ctrl+C: the terminal signals its foreground group
+        await until(lambda: gone(second_apps), "the open tab's app to exit on Ctrl+C")
+        assert await asyncio.to_thread(served.proc.wait, DEADLINE_S) == 0
+        draining.cancel()
     finally:
-        await tab.close()
+        await first.close()
+        await second.close()
 
 
-def test_ctrl_c_stops_the_server_and_the_open_tabs_app(server):
-    def ctrl_c():
-        os.killpg(server.proc.pid, signal.SIGINT)  # what the terminal sends its foreground process group
-
-    _, returncode = asyncio.run(_stop_server_with_a_tab_open(server, ctrl_c))
-    assert returncode == 0
-    assert "gpttui serve: stopped." in server.proc.stdout.read()
-
-
-def test_an_app_whose_server_was_killed_hangs_up_and_exits(server):
-    def kill_9():
-        server.proc.kill()  # the server only: its apps lose their stdin/stdout pipes and nothing else
-        server.proc.wait(timeout=DEADLINE_S)
-
-    asyncio.run(_stop_server_with_a_tab_open(server, kill_9))  # fails unless the apps exit
-
-
-def test_a_detached_run_outlives_the_tab_and_the_server(server, corpus, pids):
-    proc = server.proc
-    launched = subprocess.run(gpttui_cmd("train", "--data", str(corpus), *TINY_FLAGS, "--detach", "--json"),
-                              capture_output=True, text=True, env=env(), timeout=DEADLINE_S)
-    assert launched.returncode == 0, launched.stderr
-    run = json.loads(launched.stdout)
-    pids.append(run["pid"])
-    run_dir = paths.runs_dir() / run["run_id"]
+def test_tabs_get_the_app_and_a_detached_run_outlives_them_and_the_server(server, corpus, pids):
+    run, run_dir = start_detached_run(corpus, pids)
     wait_for(lambda: last_step(run_dir) > 0, "the detached run to train")
 
-    apps = asyncio.run(_visit_dataset_then_train(server))  # the app, in a tab that then closes
-    wait_for(lambda: not any(alive(pid) for pid in apps), "the app process to exit", timeout=DEADLINE_S)
-    after_tab = last_step(run_dir)
-    wait_for(lambda: last_step(run_dir) > after_tab + 5, "steps after the tab closed")
-
-    os.killpg(proc.pid, signal.SIGINT)  # Ctrl+C in the server's terminal
-    assert proc.wait(timeout=DEADLINE_S) == 0
-    assert "gpttui serve: stopped." in proc.stdout.read()
+    asyncio.run(_two_tabs_then_ctrl_c(server, run_dir))
+    assert "gpttui serve: stopped." in server.proc.stdout.read()
     after_server = last_step(run_dir)
-    wait_for(lambda: last_step(run_dir) > after_server + 5, "steps after the server stopped")
+    wait_for(lambda: last_step(run_dir) > after_server + 5, "the detached run's steps after the server stopped")
     assert alive(run["pid"]) and run_status(run_dir).state == "running"
 
     send_command(run_dir, "stop")
     finished = wait_for(lambda: events_of(run_dir, "finished"), "the finished event")[0]
     assert finished["reason"] == "stopped"
+
+
+def _in_app_run_dirs() -> list[Path]:
+    return [d for d in paths.runs_dir().glob("*") if last_step(d) > 0] if paths.runs_dir().exists() else []
+
+
+async def _train_in_a_tab_close_it_then_kill_the_server(served: Served) -> list[int]:
+    """Tab 1: built-in corpus (Ctrl+B), Train screen (F3), Start (F6): the app's own trainer thread; after
+    its first step the tab closes. Tab 2 stays open while the server is killed (kill -9). Returns tab 1's
+    app processes; waits until tab 2's have exited."""
+    first, second = Tab(served.url), Tab(served.url)
+    try:
+        first_apps = await first.open_on_the_dataset_screen(served)
+        opening = asyncio.create_task(second.open_on_the_dataset_screen(served, known=first_apps))
+        await first.press(CTRL_B, then_see="tok/epoch")  # the corpus' statistics
+        await first.press(F3, then_see=TRAIN_TEXT)
+        await first.send_keys(F6)
+        draining = first.keep_reading()
+        await until(_in_app_run_dirs, "the in-app run's first step")
+        draining.cancel()
+        await first.close()  # the tab closes mid-run
+
+        second_apps = await opening
+        served.proc.kill()  # the server only: its apps lose their stdin/stdout pipes and nothing else
+        await asyncio.to_thread(served.proc.wait, DEADLINE_S)
+        await until(lambda: gone(second_apps), "the app of a killed server to hang up and exit")
+        await until(lambda: gone(first_apps), "the closed tab's app to stop its run, save and exit")
+    finally:
+        await first.close()
+        await second.close()
+    return first_apps
+
+
+def test_closing_a_tab_stops_and_saves_its_run_and_apps_outlive_no_server(server, bpe_dir):
+    asyncio.run(_train_in_a_tab_close_it_then_kill_the_server(server))
+    [run_dir] = _in_app_run_dirs()
+    [finished] = events_of(run_dir, "finished")
+    assert finished["reason"] == "stopped" and finished["checkpoint"]
+    assert [e["name"] for e in events_of(run_dir, "checkpoint")] == [finished["checkpoint"]]
+    assert (paths.checkpoints_dir() / finished["checkpoint"] / "meta.json").exists()
+    assert run_status(run_dir).state == "stopped"
 
 
 @pytest.mark.skipif(not any(shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome")),
@@ -276,5 +307,5 @@ def test_a_real_browser_sees_the_app_and_switches_screens(tmp_path):
     check = subprocess.run([sys.executable, str(REPO / "bench" / "check_serve_browser.py"), "--screenshot",
                             str(shot)], capture_output=True, text=True, env=env(), timeout=240)
     assert check.returncode == 0, check.stdout + check.stderr
-    assert "ok: the Train screen" in check.stdout
+    assert "ok: F3 switched to the Train screen" in check.stdout and "FAIL" not in check.stdout
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
