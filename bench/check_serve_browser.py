@@ -189,6 +189,13 @@ def page_target(port: int) -> dict:
     return next(t for t in targets if t.get("type") == "page")
 
 
+def show_lines(screen: str, words: tuple[str, ...]) -> None:
+    """Print the screen's rows that hold any of ``words`` (what the check saw)."""
+    for line in screen.splitlines():
+        if any(word in line for word in words):
+            print("  | " + line.strip(), flush=True)
+
+
 async def drive(args, check: Checks, server: subprocess.Popen, url: str, debug_port: int) -> None:
     """Load the page, see the Dataset screen, press F3, see the Train screen, screenshot, close the tab."""
     import aiohttp
@@ -217,14 +224,15 @@ async def drive(args, check: Checks, server: subprocess.Popen, url: str, debug_p
             if not check(bool(dataset), f"the Dataset screen shows ({DATASET_TEXT!r} on screen)",
                          "" if dataset else repr((await cdp.evaluate(SCREEN_TEXT) or "")[-400:])):
                 return
-            print("  " + "\n  ".join(line for line in dataset.splitlines()[:3] if line.strip()), flush=True)
+            show_lines(dataset, ("gpttui", DATASET_TEXT))
 
             await cdp.evaluate("document.querySelector('.xterm-helper-textarea').focus()")
             for kind in ("keyDown", "keyUp"):
                 await cdp.call("Input.dispatchKeyEvent", type=kind, **F3_KEY)
             train = await wait_until_async(lambda: screen_has(TRAIN_TEXT), args.timeout)
-            check(bool(train), f"F3 switched to the Train screen ({TRAIN_TEXT!r} on screen)",
-                  "" if train else repr((await cdp.evaluate(SCREEN_TEXT) or "")[-400:]))
+            if check(bool(train), f"F3 switched to the Train screen ({TRAIN_TEXT!r} on screen)",
+                     "" if train else repr((await cdp.evaluate(SCREEN_TEXT) or "")[-400:])):
+                show_lines(train, ("gpttui", TRAIN_TEXT))
 
             shot = await cdp.call("Page.captureScreenshot", format="png")
             data = base64.b64decode(shot["data"])
@@ -242,8 +250,9 @@ async def drive(args, check: Checks, server: subprocess.Popen, url: str, debug_p
 def run(args) -> int:
     binary = find_browser(args.chromium)
     if binary is None:
-        print(f"cannot check: chromium not installed (none of {', '.join(BROWSERS)} on PATH); "
-              "on Debian/Ubuntu: apt-get install -y chromium", flush=True)
+        where = f"no browser at {args.chromium!r}" if args.chromium else f"none of {', '.join(BROWSERS)} on PATH"
+        print(f"cannot check: chromium not installed ({where}); on Debian/Ubuntu: apt-get install -y chromium",
+              flush=True)
         return 2
     check = Checks()
     port = free_port()
