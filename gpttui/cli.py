@@ -573,6 +573,9 @@ def build_parser() -> argparse.ArgumentParser:
     from gpttui.cli_runs import add_runs_parser
 
     add_runs_parser(sub)
+    from gpttui.cli_serve import add_serve_parser
+
+    add_serve_parser(sub)
     return parser
 
 
