@@ -224,18 +224,18 @@ EVAL_KEYS = ("event", "step", "epoch", "tokens_seen", "train_loss", "val_loss", 
 
 def _feed_chunk(h: RunHistory, records: list) -> None:
     """Records into ``h`` (its lock held). A step or eval record with exactly RunLog's keys, in its order,
-    and values of exactly the types it writes (ints, floats; eta may be null) is appended to the columns
-    directly, and only the newest of each kind becomes an event (``last_step`` / ``last_eval``).
-    Anything else -- other kinds, null or "inf" values, ints where floats go, missing, extra or reordered
-    keys, damage -- takes the general path (:func:`typed_event`, which skips what it cannot read).
-    The history is the same either way; this way costs a fraction of a microsecond a record."""
-    s_step, s_tokens = h.steps.step.append, h.steps.tokens.append
-    s_loss, s_lr, s_tps, s_gn = (c.append for c in h.steps.columns(*STEP_VALUES))
-    e_step, e_tokens = h.evals.step.append, h.evals.tokens.append
-    e_tl, e_vl, e_tp, e_vp = (c.append for c in h.evals.columns(*EVAL_VALUES))
+    and values of exactly the types it writes (ints, floats; eta may be null) goes straight into the
+    columns (gathered in lists, appended in bulk by :func:`_flush`), and only the newest of each kind
+    becomes an event (``last_step`` / ``last_eval``). Anything else -- other kinds, null or "inf" values,
+    ints where floats go, missing, extra or reordered keys, damage -- takes the general path
+    (:func:`typed_event`, which skips what it cannot read), after a flush, so the records' order is kept.
+    The history is the same either way; this way costs about a microsecond a record instead of ten."""
+    st: tuple[list, ...] = ([], [], [], [], [], [])  # step, tokens, then STEP_VALUES
+    ev: tuple[list, ...] = ([], [], [], [], [], [])  # step, tokens, then EVAL_VALUES
+    s_step, s_tokens, s_loss, s_lr, s_tps, s_gn = (c.append for c in st)
+    e_step, e_tokens, e_tl, e_vl, e_tp, e_vp = (c.append for c in ev)
     isfinite, lo, hi = math.isfinite, INT64_MIN, INT64_MAX
-    last_step = last_eval = None  # the newest fast-path record of each kind, made an event at the end
-    fast = 0
+    last_step = last_eval = best_val = None  # the newest fast-path records (made events at the end)
     for d in records:
         if type(d) is dict:
             keys = tuple(d)
@@ -245,22 +245,32 @@ def _feed_chunk(h: RunHistory, records: list) -> None:
                         and type(total) is int and type(loss) is float and type(lr) is float and type(gn) is float
                         and type(tps) is float and type(elapsed) is float and (eta is None or type(eta) is float)
                         and lo <= step <= hi and lo <= tokens <= hi):
-                    s_step(step), s_tokens(tokens), s_loss(loss), s_lr(lr), s_tps(tps), s_gn(gn)
-                    h.status = "running"
+                    s_step(step)
+                    s_tokens(tokens)
+                    s_loss(loss)
+                    s_lr(lr)
+                    s_tps(tps)
+                    s_gn(gn)
                     last_step = d
-                    fast += 1
                     continue
             elif keys == EVAL_KEYS:
                 kind, step, epoch, tokens, tl, vl, tp, vp, best = d.values()
                 if (kind == "eval" and type(step) is int and type(epoch) is int and type(tokens) is int
                         and type(tl) is float and type(vl) is float and type(tp) is float and type(vp) is float
                         and type(best) is float and lo <= step <= hi and lo <= tokens <= hi):
-                    e_step(step), e_tokens(tokens), e_tl(tl), e_vl(vl), e_tp(tp), e_vp(vp)
+                    e_step(step)
+                    e_tokens(tokens)
+                    e_tl(tl)
+                    e_vl(vl)
+                    e_tp(tp)
+                    e_vp(vp)
                     if isfinite(best):
-                        h.best_val_loss = best
+                        best_val = best
                     last_eval = d
-                    fast += 1
                     continue
+        if st[0] or ev[0]:
+            _flush(h, st, ev, best_val)
+            best_val = None
         event = typed_event(d)
         if event is not None:
             if isinstance(event, StepEvent):
@@ -268,11 +278,26 @@ def _feed_chunk(h: RunHistory, records: list) -> None:
             elif isinstance(event, EvalEvent):
                 last_eval = None
             h._apply(event)
-    h.version += fast
+    _flush(h, st, ev, best_val)
     if last_step is not None:
         h.last_step = typed_event(last_step) or h.last_step
     if last_eval is not None:
         h.last_eval = typed_event(last_eval) or h.last_eval
+
+
+def _flush(h: RunHistory, st: tuple[list, ...], ev: tuple[list, ...], best_val: float | None) -> None:
+    """Append the gathered fast-path rows to ``h``'s columns (and empty the lists), doing to the status,
+    best loss and version what feeding them one by one would have done."""
+    if st[0]:
+        h.status = "running"
+    if best_val is not None:
+        h.best_val_loss = best_val
+    for series, names, rows in ((h.steps, STEP_VALUES, st), (h.evals, EVAL_VALUES, ev)):
+        if rows[0]:
+            h.version += len(rows[0])
+            for column, pending in zip((series.step, series.tokens, *series.columns(*names)), rows):
+                column.fromlist(pending)
+                pending.clear()
 
 
 def typed_event(data: dict[str, Any]) -> Event | None:
