@@ -23,7 +23,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from gpttui.core.events import (CheckpointEvent, EvalEvent, Event, EVENT_TYPES, FailedEvent, FinishedEvent,
-                                SampleEvent, Started, StateEvent, StepEvent, read_run_events)
+                                SampleEvent, Started, StateEvent, StepEvent)
 
 INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1  # what an int column holds; a bigger number is damage
 FEED_CHUNK = 8192  # records fed under one hold of the lock (a reader waits at most that long)
@@ -213,7 +213,10 @@ class RunHistory:
 
     @classmethod
     def from_run_dir(cls, run_dir: str | Path) -> "RunHistory":
-        return cls.from_events(read_run_events(run_dir))
+        """The history of the run in ``run_dir`` so far (read as a follower reads it: one bulk parse)."""
+        from gpttui.core.runs import EventFollower  # (runs knows nothing of histories: no import cycle)
+
+        return cls.from_events(EventFollower(run_dir).read_new())
 
 
 STEP_KEYS = ("event", "step", "epoch", "tokens_seen", "loss", "lr", "grad_norm", "tokens_per_sec", "elapsed",
