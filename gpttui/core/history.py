@@ -82,7 +82,10 @@ def _ints() -> array:
 
 @dataclass
 class Series:
-    """Parallel columns of a curve: ``step`` and ``tokens`` (int64) and one float64 column per value."""
+    """Parallel columns of a curve: ``step`` and ``tokens`` (int64) and one float64 column per value.
+
+    A history's live series grow on the feeding thread: read them through :meth:`RunHistory.snapshot`
+    (a numpy view kept on a live ``array`` would make its next append raise BufferError)."""
 
     step: Sequence[int] = field(default_factory=_ints)
     tokens: Sequence[int] = field(default_factory=_ints)
