@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from gpttui.core import history as H
-from gpttui.core import paths
+from gpttui.core import paths, runs
 from gpttui.core.config import GPTConfig
 from gpttui.core.data import DataSettings, prepare_data
 from gpttui.core.events import (CheckpointEvent, EvalEvent, FailedEvent, FinishedEvent, SampleEvent, StateEvent,
@@ -146,18 +146,29 @@ def test_status_last_step_and_last_eval_follow_the_order_of_the_records(tail):
     assert state(RunHistory.from_events(records)) == state(general(records))
 
 
-def test_a_followed_log_with_a_partial_last_line_gives_the_same_history(tmp_path):
+@pytest.mark.parametrize("piece_bytes", [1, 300, 4 << 20])  # a piece: shorter than a line, some lines, all
+def test_a_followed_log_with_a_partial_last_line_gives_the_same_history(tmp_path, monkeypatch, piece_bytes):
+    monkeypatch.setattr(runs, "PIECE_BYTES", piece_bytes)
     lines = [json.dumps(r) for r in damaged_records()] + ["{broken", "", json.dumps(_step(50))]
     text = "\n".join(lines) + "\n" + json.dumps(_step(51))[:30]  # a writer caught mid-line
-    (tmp_path / "events.jsonl").write_text(text, encoding="utf-8")
-
-    follower = EventFollower(tmp_path)
-    history = RunHistory()
-    history.feed_records(follower.read_new())
+    log = tmp_path / "events.jsonl"
+    log.write_text(text, encoding="utf-8")
     reference = general(read_run_events(tmp_path))
+
+    history = RunHistory()  # read_new + feed_records, as a caller that wants the records does
+    history.feed_records(EventFollower(tmp_path).read_new())
     assert state(history) == state(reference)
     assert state(RunHistory.from_run_dir(tmp_path)) == state(reference)
-    assert history.snapshot().last_step.step == 50
+
+    follower = EventFollower(tmp_path)  # EventFollower.feed, as the monitor does
+    fed = RunHistory()
+    assert follower.feed(fed) == len(EventFollower(tmp_path).read_new())
+    assert state(fed) == state(reference) and fed.snapshot().last_step.step == 50
+    assert follower.feed(fed) == 0  # nothing new: the partial line waits for its newline
+    with open(log, "a", encoding="utf-8") as f:
+        f.write(json.dumps(_step(51))[30:] + "\n" + json.dumps(_eval(51)) + "\n")
+    assert follower.feed(fed) == 2
+    assert fed.snapshot().last_step.step == 51 and fed.snapshot().last_eval.step == 51
 
 
 def test_fast_path_gives_the_same_history_for_a_real_runs_events(tmp_path):

@@ -4,8 +4,8 @@ The trainer's thread feeds events in; a UI reads :meth:`RunHistory.snapshot` on 
 O(1), and so is a snapshot: the curves are append-only columns (``array``), and a snapshot shares them,
 remembering only their lengths (:class:`Column`), so the Train screen can take one several times a second
 from a 200,000-step run. The same object can be rebuilt from a run directory's ``events.jsonl``
-(:meth:`RunHistory.from_run_dir`, or :meth:`RunHistory.feed_records` with what
-:class:`gpttui.core.runs.EventFollower` read): sound step and eval records go straight into the columns,
+(:meth:`RunHistory.from_run_dir`; :meth:`gpttui.core.runs.EventFollower.feed`, or
+:meth:`RunHistory.feed_records` with what the follower read): sound step and eval records go straight into the columns,
 everything else through :func:`typed_event`.
 """
 
@@ -216,10 +216,12 @@ class RunHistory:
 
     @classmethod
     def from_run_dir(cls, run_dir: str | Path) -> "RunHistory":
-        """The history of the run in ``run_dir`` so far (read as a follower reads it: one bulk parse)."""
+        """The history of the run in ``run_dir`` so far (read as a follower reads it, in bulk)."""
         from gpttui.core.runs import EventFollower  # (runs knows nothing of histories: no import cycle)
 
-        return cls.from_events(EventFollower(run_dir).read_new())
+        history = cls()
+        EventFollower(run_dir).feed(history)
+        return history
 
 
 STEP_KEYS = ("event", "step", "epoch", "tokens_seen", "loss", "lr", "grad_norm", "tokens_per_sec", "elapsed",
