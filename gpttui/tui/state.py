@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Union
 
-from textual.worker import Worker, WorkerState
+from textual.worker import Worker
 
 from gpttui.core import paths
 from gpttui.core.data import Corpus, DataSettings, PreparedData
@@ -71,7 +71,9 @@ class TrainingSession:
 
     @property
     def running(self) -> bool:
-        return self.worker is not None and self.worker.state in (WorkerState.PENDING, WorkerState.RUNNING)
+        # The training thread's own flag, not the worker's state: when the app shuts down Textual cancels
+        # the worker object, but the thread trains on until it is told to stop (and must be told).
+        return not self.done.is_set()
 
     def start(self, app: "App", trainer: Trainer, label: str) -> Worker:
         from gpttui.tui.messages import TrainingEvent
@@ -210,7 +212,7 @@ class FollowedRun:
 
         try:
             follower = EventFollower(self.run_dir)
-            self.history.feed_records(follower.read_new())  # the past: drawn, not announced
+            follower.feed(self.history)  # the past: drawn, not announced (parsed piece by piece)
             next_status = 0.0
             while not self.ended:
                 for record in follower.read_new():

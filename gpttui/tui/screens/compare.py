@@ -103,7 +103,7 @@ class RunSource:
 
     def read(self) -> bool:
         """Reads what the log gained; whether the run's curves changed."""
-        self.history.feed_records(self.follower.read_new())
+        self.follower.feed(self.history)
         return self.history.version != self._drawn_version
 
     def refresh_status(self) -> bool:
