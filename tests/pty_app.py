@@ -3,6 +3,7 @@ tests/test_tui_exit.py, which runs it on a pty and then closes the terminal or s
 
     python tests/pty_app.py CORPUS SAVE_NAME [MAX_STEPS] [TRACE_FILE]
     python tests/pty_app.py --zygote SOCKET_FD
+    python tests/pty_app.py --stuck CORPUS SAVE_NAME GRACE_S
 
 Everything the app does is the app's own: :func:`gpttui.tui.app.create_app`, the in-app run through
 ``state.session.start`` (what the Train screen's Start does), the Train screen's monitor on view,
@@ -107,6 +108,30 @@ def main(argv: list[str]) -> int:
         done.set()
 
 
+def stuck(corpus: str, save_name: str, grace_s: float) -> int:
+    """The watchdog's own case, with no app: a run training in a (non-daemon) thread as the app's
+    session runs it, an :class:`ExitGuard` installed as run_app installs it, and the main thread
+    blocked for good, as the app's was on a dead terminal. Only the watchdog can end this process."""
+    from gpttui.tui.exit_guard import ExitGuard
+    from gpttui.tui.state import TrainingSession
+
+    data, trainer = build_trainer(corpus, save_name, 1_000_000)
+    session = TrainingSession()
+    session.trainer, session.control = trainer, trainer.control
+    done = session.done = threading.Event()
+
+    def run() -> None:
+        try:
+            trainer.run()
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="training").start()
+    ExitGuard(session, hang_up=lambda sig: None, grace_s=grace_s).install()
+    threading.Event().wait()  # blocked: signal handlers still run here, nothing else does
+    return 0
+
+
 def zygote(sock_fd: int) -> None:
     """Serve fork requests until the socket closes (see the module's docstring)."""
     import fcntl
@@ -153,5 +178,7 @@ def zygote(sock_fd: int) -> None:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--zygote"]:
         zygote(int(sys.argv[2]))
+    elif sys.argv[1:2] == ["--stuck"]:
+        sys.exit(stuck(sys.argv[2], sys.argv[3], float(sys.argv[4])))
     else:
         sys.exit(main(sys.argv[1:]))

@@ -57,7 +57,7 @@ class Zygote:
                                          pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, stdout=out,
                                          stderr=subprocess.STDOUT, env=_env())
         theirs.close()
-        self.log, self.statuses, self._started = log, {}, []
+        self.log, self.statuses, self.ended, self._started = log, {}, {}, []
         self._changed = threading.Condition()
         first = self._receive(START_DEADLINE_S)
         if not first.get("ready"):
@@ -80,6 +80,7 @@ class Zygote:
                 if "started" in msg:
                     self._started.append(msg["started"])
                 elif "pid" in msg:
+                    self.ended[msg["pid"]] = time.monotonic()  # within the zygote's 50 ms reaping
                     self.statuses[msg["pid"]] = msg["status"]
                 self._changed.notify_all()
             if msg.get("closed"):
@@ -147,17 +148,6 @@ class PtyApp:
                 self.output += data
                 del self.output[:-200_000]
 
-    def _find_run(self) -> Path | None:
-        """The run directory whose config saves as this app's name (other apps may be training)."""
-        for run_dir in paths.runs_dir().glob("*"):
-            try:
-                config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                continue
-            if config.get("train_config", {}).get("save_name") == self.name:
-                return run_dir
-        return None
-
     def events(self) -> list[dict]:
         return read_run_events(self.run_dir) if self.run_dir else []
 
@@ -165,7 +155,7 @@ class PtyApp:
         """Whether the run has taken a step (fails if the app is gone before that)."""
         if self.exited():
             raise AssertionError(f"the app exited ({self.status}) before training:\n{self.screen()}")
-        self.run_dir = self.run_dir or self._find_run()
+        self.run_dir = self.run_dir or find_run(self.name)
         return any(e["event"] == "step" for e in self.events())
 
     def close_terminal(self) -> float:
@@ -188,7 +178,7 @@ class PtyApp:
             trace = wait_for(lambda: self.trace.exists() and self.trace.read_text(), "the stack dump", 10)
             self.kill()
             raise AssertionError(f"still running {EXIT_BOUND_S} s after the signal; its threads:\n{trace}")
-        return time.monotonic() - since
+        return self.zygote.ended[self.pid] - since
 
     def returned(self) -> str:
         """run_app's status as the driver wrote it once run_app returned ('' if it never did)."""
@@ -208,6 +198,18 @@ class PtyApp:
             wait_for(self.exited, "the killed app to be reaped", 30)
 
 
+def find_run(name: str) -> Path | None:
+    """The run directory whose config saves as ``name`` (other apps may be training)."""
+    for run_dir in paths.runs_dir().glob("*"):
+        try:
+            config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if config.get("train_config", {}).get("save_name") == name:
+            return run_dir
+    return None
+
+
 @pytest.fixture
 def apps():
     started: list[PtyApp] = []
@@ -218,16 +220,19 @@ def apps():
             app.close_terminal()
 
 
-def assert_saved_and_finished(app: PtyApp) -> dict:
+def assert_saved_and_finished(app: PtyApp) -> None:
+    assert_run_saved(app.name, app.run_dir)
+
+
+def assert_run_saved(name: str, run_dir: Path) -> None:
     """The run's last event is ``finished`` (interrupted) naming a checkpoint that loads at its step."""
-    events = app.events()
+    events = read_run_events(run_dir)
     last = events[-1]
     assert last["event"] == "finished", events[-3:]
-    assert last["reason"] == "interrupted" and last["checkpoint"] == app.name, last
-    loaded = checkpoints.load_checkpoint(app.name)
+    assert last["reason"] == "interrupted" and last["checkpoint"] == name, last
+    loaded = checkpoints.load_checkpoint(name)
     assert loaded.model is not None
-    assert checkpoints.show(app.name)["step"] == last["step"] >= 1
-    return last
+    assert checkpoints.show(name)["step"] == last["step"] >= 1
 
 
 def test_closing_the_terminal_mid_run_saves_and_exits_every_time(zygote, corpus, tmp_path, apps):  # noqa: F811
@@ -286,10 +291,34 @@ def test_more_sigterms_while_it_saves_do_not_lose_the_save(zygote, corpus, tmp_p
         threading.Event().wait(0.005)  # a pace for the barrage, not a synchronisation
     app.wait_exit(since=start)
     assert during_save, f"no SIGTERM landed while the run was stopping ({sent} sent)"
+    print(f"{sent} SIGTERMs, {during_save} while the run was stopping and saving")
     # the app's exit status, or, for a SIGTERM after run_app gave the default handler back (all saved
     # by then), death by that signal
     assert app.status in (128 + signal.SIGTERM, -signal.SIGTERM), app.status
     assert_saved_and_finished(app)
+
+
+def test_the_watchdog_ends_a_stuck_process_once_the_run_has_saved(corpus, tmp_path):  # noqa: F811
+    """The last resort: the main thread never returns (as the app's did on a dead terminal), yet
+    SIGTERM stops the run, the run saves, and the process ends with 128 + SIGTERM after the grace."""
+    grace = 1.0
+    proc = subprocess.Popen([sys.executable, str(DRIVER), "--stuck", str(corpus), "stuck", str(grace)],
+                            env=_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        run_dir = wait_for(lambda: find_run("stuck"), "the run's directory", START_DEADLINE_S)
+        wait_for(lambda: any(e["event"] == "step" for e in read_run_events(run_dir)) or proc.poll() is not None,
+                 "step events", START_DEADLINE_S)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: proc.poll() is not None, "the watchdog to end the process", EXIT_BOUND_S)
+        took = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        output = proc.communicate()[0].decode("utf-8", "replace")
+    assert proc.returncode == 128 + signal.SIGTERM, (proc.returncode, output)
+    assert took >= grace, took  # after the save, the grace: not at once
+    assert_run_saved("stuck", run_dir)
 
 
 def _read(path: Path) -> str:

@@ -106,8 +106,7 @@ class ExitGuard:
             os.write(self._wake_w, bytes([signum]))
         except OSError:
             pass  # the pipe is full: the watchdog is armed already
-        if signum == getattr(signal, "SIGHUP", None):
-            self._let_go_of_the_terminal()
+        self._let_go_of_the_terminal()  # a SIGHUP's, usually; a SIGTERM may come after one
         try:
             loop = asyncio.get_running_loop()  # the app's, when the signal lands while it runs
         except RuntimeError:
