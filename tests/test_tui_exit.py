@@ -321,6 +321,23 @@ def test_the_watchdog_ends_a_stuck_process_once_the_run_has_saved(corpus, tmp_pa
     assert_run_saved("stuck", run_dir)
 
 
+def test_the_guard_gives_the_previous_handlers_back():
+    """In the app SIGHUP/SIGTERM are the guard's; once run_app is done they are what they were (so a
+    later SIGTERM is never swallowed), and the idle watchdog thread is gone."""
+    from gpttui.tui.exit_guard import EXIT_SIGNALS, ExitGuard
+    from gpttui.tui.state import TrainingSession
+
+    before = {sig: signal.getsignal(sig) for sig in EXIT_SIGNALS}
+    guard = ExitGuard(TrainingSession(), hang_up=lambda sig: None).install()
+    try:
+        assert all(signal.getsignal(sig) == guard._on_signal for sig in EXIT_SIGNALS)
+        assert any(t.name == "gpttui-exit-watchdog" for t in threading.enumerate())
+    finally:
+        guard.restore()
+    assert {sig: signal.getsignal(sig) for sig in EXIT_SIGNALS} == before
+    wait_for(lambda: not any(t.name == "gpttui-exit-watchdog" for t in threading.enumerate()), "the watchdog to end", 10)
+
+
 def _read(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")

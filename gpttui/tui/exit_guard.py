@@ -1,6 +1,7 @@
 """Leaving on SIGHUP or SIGTERM, every time, within a bound, without losing the in-app run.
 
-What goes wrong without it (seen in a tmux session killed mid-run, 2 tries in 3 on the Train screen):
+What goes wrong without it (a tmux session killed mid-run: 1 try in 3 with `python -m gpttui`, 2 in 3
+with tests/pty_app.py on the Train screen):
 closing the terminal sends SIGHUP (from the shell) and then SIGHUP + SIGCONT (from the kernel, when
 the shell exits). Textual's SIGCONT handler "resumes" application mode on the dead terminal (there
 ``isatty`` is already false, so its own check is skipped): a second output thread starts, dies on
@@ -86,13 +87,17 @@ class ExitGuard:
 
     def restore(self) -> None:
         """The handlers that were there before (the defaults): with the app gone, a signal acts at
-        once. An armed watchdog stays armed, bounding the interpreter's own exit."""
+        once. An armed watchdog stays armed, bounding the interpreter's own exit; an idle one ends."""
         for sig, previous in self._previous.items():
             try:
                 signal.signal(sig, previous)
             except (TypeError, ValueError, OSError):
                 signal.signal(sig, signal.SIG_DFL)
         self._previous.clear()
+        if self.signum is None and self._wake_w >= 0:
+            os.close(self._wake_w)  # the watchdog reads end-of-file and returns
+            os.close(self._devnull)
+            self._wake_w = self._devnull = -1
 
     @property
     def signalled(self) -> bool:
@@ -133,6 +138,7 @@ class ExitGuard:
         except OSError:
             return
         if not first:
+            os.close(self._wake_r)  # run_app ended without a signal
             return
         signum = first[0]
         stop_for_exit(self.session)  # also when the app's loop is blocked and never runs hang_up
