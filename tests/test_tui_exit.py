@@ -194,7 +194,10 @@ class PtyApp:
 
     def kill(self) -> None:
         if not self.exited():
-            os.kill(self.pid, signal.SIGKILL)
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass  # just reaped by the zygote
             wait_for(self.exited, "the killed app to be reaped", 30)
 
 
@@ -284,7 +287,10 @@ def test_more_sigterms_while_it_saves_do_not_lose_the_save(zygote, corpus, tmp_p
     start = time.monotonic()
     while not app.exited() and time.monotonic() - start < EXIT_BOUND_S:
         stopping = sent and '"stopping"' in _read(status_file)
-        os.kill(app.pid, signal.SIGTERM)
+        try:
+            os.kill(app.pid, signal.SIGTERM)
+        except ProcessLookupError:  # gone and reaped, the zygote's word on it still on its way
+            break
         sent += 1
         if stopping and not any(e["event"] == "finished" for e in app.events()):
             during_save += 1
@@ -336,6 +342,30 @@ def test_the_guard_gives_the_previous_handlers_back():
         guard.restore()
     assert {sig: signal.getsignal(sig) for sig in EXIT_SIGNALS} == before
     wait_for(lambda: not any(t.name == "gpttui-exit-watchdog" for t in threading.enumerate()), "the watchdog to end", 10)
+
+
+def test_the_guard_takes_its_signals_back_from_the_loop():
+    """A driver may give SIGHUP to the app's loop (the served one does); on mount the guard takes it
+    back, for a loop handler is deaf while the app's thread is stuck."""
+    import asyncio
+
+    from gpttui.tui.exit_guard import ExitGuard
+    from gpttui.tui.state import TrainingSession
+
+    guard = ExitGuard(TrainingSession(), hang_up=lambda sig: None).install()
+
+    async def in_a_loop() -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, lambda: None)
+        assert signal.getsignal(signal.SIGHUP) != guard._on_signal
+        guard.reclaim()
+        assert signal.getsignal(signal.SIGHUP) == guard._on_signal
+        assert not loop.remove_signal_handler(signal.SIGHUP)  # the loop's own is gone
+
+    try:
+        asyncio.run(in_a_loop())
+    finally:
+        guard.restore()
 
 
 def _read(path: Path) -> str:

@@ -37,12 +37,15 @@ class GPTTUIApp(App):
     def __init__(self, state: AppState | None = None) -> None:
         super().__init__()
         self.state = state or AppState()
+        self.exit_guard: ExitGuard | None = None  # run_app's: SIGHUP/SIGTERM handling
 
     def on_mount(self) -> None:
         self.run_worker(_warm_up_optimizer, thread=True, group="warm-up", exit_on_error=False)
         # SIGHUP (a closed SSH link, a killed tmux) and SIGTERM: run_app's ExitGuard catches them
         # with plain signal handlers and calls _hang_up here (gpttui/tui/exit_guard.py says why
-        # not the loop's own handlers).
+        # not the loop's own handlers); it takes them back should the driver have given them away.
+        if self.exit_guard is not None:
+            self.exit_guard.reclaim()
 
     def _hang_up(self, sig: int) -> None:
         """On the app's loop, for SIGHUP/SIGTERM: the run stops at the end of its step and saves
@@ -154,7 +157,7 @@ def run_app(app: GPTTUIApp | None = None) -> int:
     """Run the app (``create_app()`` unless one is given, e.g. by a test driver) in this terminal,
     with SIGHUP/SIGTERM handled by an :class:`ExitGuard`; the process's exit status."""
     app = app or create_app()
-    guard = ExitGuard(app.state.session, app._hang_up).install()
+    guard = app.exit_guard = ExitGuard(app.state.session, app._hang_up).install()
     try:
         if not guard.signalled:
             app.run()

@@ -85,6 +85,19 @@ class ExitGuard:
             signal.signal(sig, self._on_signal)
         return self
 
+    def reclaim(self) -> None:
+        """From the app's loop, once it runs: the exit signals back to this guard, should anything
+        (a Textual driver, say) have given them to the loop since :meth:`install`. A loop's handler
+        needs a loop that runs; these work while the app's thread is stuck."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        for sig in self._previous:
+            if loop is not None:
+                loop.remove_signal_handler(sig)  # False when the loop had none
+            signal.signal(sig, self._on_signal)
+
     def restore(self) -> None:
         """The handlers that were there before (the defaults): with the app gone, a signal acts at
         once. An armed watchdog stays armed, bounding the interpreter's own exit; an idle one ends."""
