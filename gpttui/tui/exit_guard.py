@@ -22,7 +22,9 @@ main thread even while it waits on a lock. A handler does only lock-free things:
 
 A second SIGHUP/SIGTERM while the run saves changes nothing: the save finishes, then the process
 ends (within the same bound). SIGKILL is the escape, and it loses the save. Once ``run_app`` is done
-the previous handlers (the defaults) come back, so a later SIGTERM is never ignored.
+the previous handlers (the defaults) come back, so a later SIGTERM is never ignored. The app takes
+SIGHUP even when it started with SIGHUP ignored (``nohup``): an app without its terminal cannot go on
+(``gpttui train``, which can, keeps an ignored SIGHUP ignored).
 """
 
 from __future__ import annotations
