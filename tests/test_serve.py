@@ -294,7 +294,7 @@ def test_closing_a_tab_stops_and_saves_its_run_and_apps_outlive_no_server(server
     asyncio.run(_train_in_a_tab_close_it_then_kill_the_server(server))
     [run_dir] = _in_app_run_dirs()
     [finished] = events_of(run_dir, "finished")
-    assert finished["reason"] == "stopped" and finished["checkpoint"]
+    assert finished["reason"] == "interrupted" and finished["checkpoint"]
     assert [e["name"] for e in events_of(run_dir, "checkpoint")] == [finished["checkpoint"]]
     assert (paths.checkpoints_dir() / finished["checkpoint"] / "meta.json").exists()
     assert run_status(run_dir).state == "stopped"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import signal
 from typing import Iterable
 
 from textual.app import App, SystemCommand
@@ -13,6 +11,7 @@ from textual.screen import Screen
 from gpttui.core.data import DataSettings
 from gpttui.core.train import CheckpointEvent, FailedEvent, FinishedEvent
 from gpttui.tui.dialogs import QuitScreen
+from gpttui.tui.exit_guard import ExitGuard, stop_for_exit
 from gpttui.tui.messages import TrainingEvent
 from gpttui.tui.screens.checkpoints import CheckpointsScreen
 from gpttui.tui.screens.dataset import DatasetScreen
@@ -40,21 +39,20 @@ class GPTTUIApp(App):
     def __init__(self, state: AppState | None = None) -> None:
         super().__init__()
         self.state = state or AppState()
+        self.exit_guard: ExitGuard | None = None  # run_app's: SIGHUP/SIGTERM handling
 
     def on_mount(self) -> None:
         self.run_worker(_warm_up_optimizer, thread=True, group="warm-up", exit_on_error=False)
-        # A closed SSH link (SIGHUP) or a kill (SIGTERM) must not lose the run: stop it at the end of
-        # the step, save, and leave (Python waits for the training thread before exiting).
-        try:
-            loop = asyncio.get_running_loop()
-            for sig in (getattr(signal, "SIGHUP", None), signal.SIGTERM):
-                if sig is not None:
-                    loop.add_signal_handler(sig, self._hang_up, sig)
-        except (NotImplementedError, RuntimeError, ValueError):
-            pass  # not on Unix, or not the main thread
+        # SIGHUP (a closed SSH link, a killed tmux) and SIGTERM: run_app's ExitGuard catches them
+        # with plain signal handlers and calls _hang_up here (gpttui/tui/exit_guard.py says why
+        # not the loop's own handlers); it takes them back should the driver have given them away.
+        if self.exit_guard is not None:
+            self.exit_guard.reclaim()
 
     def _hang_up(self, sig: int) -> None:
-        self.state.session.stop(save=True)
+        """On the app's loop, for SIGHUP/SIGTERM: the run stops at the end of its step and saves
+        (its final event says "interrupted"); the app leaves with status 128 + the signal."""
+        stop_for_exit(self.state.session)
         self.exit(return_code=128 + int(sig))
 
     # -- header
@@ -107,9 +105,10 @@ class GPTTUIApp(App):
         self.exit()
 
     def on_unmount(self) -> None:
-        # Never leave a training thread behind: it checks for this between steps. A followed run (another
+        # Never leave a training thread behind: it checks for this between steps. (Textual has
+        # cancelled its workers by now; stop_for_exit asks the thread itself.) A followed run (another
         # process) goes on: only the thread following it ends.
-        self.state.session.stop(save=True)
+        stop_for_exit(self.state.session)
         self.state.unfollow()
 
     # -- command palette
@@ -162,19 +161,26 @@ def create_app(state: AppState | None = None, settings: DataSettings | None = No
     return GPTTUIApp(state)
 
 
-def run_app() -> int:
-    app = create_app()
+def run_app(app: GPTTUIApp | None = None) -> int:
+    """Run the app (``create_app()`` unless one is given, e.g. by a test driver) in this terminal,
+    with SIGHUP/SIGTERM handled by an :class:`ExitGuard`; the process's exit status."""
+    app = app or create_app()
+    guard = app.exit_guard = ExitGuard(app.state.session, app._hang_up).install()
     try:
-        app.run()
+        if not guard.signalled:
+            app.run()
     finally:
         # However the app ended (quit, a closed terminal, an error), a run still going finishes its
-        # step and saves; Python waits for the worker thread before the process exits.
+        # step and saves; a signal now only arms the watchdog, which waits for this save too.
         session = app.state.session
-        session.stop(save=True)
+        stop_for_exit(session)
         if not session.done.is_set():
             try:
                 print("Stopping the training run after this step and saving…", flush=True)
             except (OSError, ValueError):
                 pass  # the terminal is gone (closed SSH link)
             session.wait_done()
+        guard.restore()
+    if guard.signum is not None:
+        return 128 + guard.signum
     return app.return_code or 0
