@@ -277,3 +277,31 @@ async def test_train_screen_loss_chart_smooths_and_logs_while_a_field_has_focus(
         assert loss.smoothing == 0 and not loss.log_y and ppl.log_y  # perplexity stays on its log axis
         assert loss.series[0][2] == steps
         assert lr.value == before and app.focused is lr
+
+
+async def test_the_runs_screen_compares_the_marked_runs(three_runs, monkeypatch):
+    """The way users get here: F10, space on each run, c."""
+    from gpttui.tui.screens.runs import RunsListed
+
+    monkeypatch.setenv("GPTTUI_HOME", str(three_runs[0].parent.parent))
+    messages = Messages()
+    app = create_app()
+    async with app.run_test(size=(120, 40), message_hook=messages) as pilot:
+        await pilot.press("f10")
+        await messages.wait_for(lambda m: isinstance(m, RunsListed) and len(m.runs) == 3, timeout=60)
+        await pilot.pause()
+        await pilot.press("space", "down", "space")
+        await pilot.press("c")  # two marked, the third not: only those two are compared
+        await messages.wait_for(lambda m: isinstance(m, CompareUpdate) and m.first, timeout=60)
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, CompareScreen)
+        assert len(screen.query_one("#cmp-val-loss", MetricChart).series) == 2
+        await pilot.press("escape")
+        await pilot.press("down", "space")
+        mark = messages.mark()
+        await pilot.press("c")
+        await messages.wait_for(lambda m: isinstance(m, CompareUpdate) and m.first, timeout=60, start=mark)
+        await pilot.pause()
+        chart = app.screen.query_one("#cmp-val-loss", MetricChart)
+        assert sorted(s[0] for s in chart.series) == sorted(NAMES)

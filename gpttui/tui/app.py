@@ -124,6 +124,14 @@ class GPTTUIApp(App):
                             lambda: self.switch_mode("checkpoints"))
         yield SystemCommand("Runs screen", "Every run, in this app or in the background: attach, steer, "
                             "compare (F10)", lambda: self.switch_mode("runs"))
+        if isinstance(screen, RunsScreen):
+            yield SystemCommand("Compare the marked runs", "Loss and perplexity overlaid, one colour per run (c)",
+                                screen.action_compare)
+            yield SystemCommand("Attach to the highlighted run", "Monitor and steer it on the Train screen (Enter)",
+                                screen.action_attach)
+        else:
+            yield SystemCommand("Compare runs…", "On the Runs screen: mark two or more runs (space), then c",
+                                self._compare_runs)
         yield SystemCommand("Use the built-in corpus", "Python's reference manual, shipped with CPython",
                             self._use_builtin)
         if isinstance(screen, TrainScreen):
@@ -132,6 +140,10 @@ class GPTTUIApp(App):
                 yield SystemCommand("Pause or resume training", "(F7)", screen.action_pause)
                 yield SystemCommand("Stop training and save", "(F8)", screen.action_stop)
                 yield SystemCommand("Save a checkpoint now", "(F9)", screen.action_save)
+
+    def _compare_runs(self) -> None:
+        self.switch_mode("runs")
+        self.notify("Mark two or more runs with space, then press c to compare them.", title="Compare runs")
 
     def _use_builtin(self) -> None:
         self.switch_mode("dataset")

@@ -191,9 +191,6 @@ class RunsScreen(Screen):
         if len(marked) < 2:
             self.app.notify("Mark two or more runs (space), then compare them (c).", severity="warning")
             return
-        try:
-            from gpttui.tui.screens.compare import CompareScreen
-        except ImportError as exc:  # a build without the compare view
-            self.app.notify(f"Cannot compare runs here: {exc}", severity="error")
-            return
+        from gpttui.tui.screens.compare import CompareScreen
+
         self.app.push_screen(CompareScreen([Path(self.runs[r].run_dir) for r in marked]))
