@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 
 
 from gpttui.cli_output import EXIT_ERROR, EventPrinter, Out
@@ -101,6 +102,78 @@ def cmd_runs_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _num(value, fmt: str = ".3f") -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def cmd_runs_compare(args: argparse.Namespace) -> int:
+    """Runs side by side: a summary row per run, then their val losses at the same steps (or tokens)."""
+    from gpttui.core.compare import load_run, val_loss_table
+    from gpttui.core.runs import find_run
+
+    out = Out()
+    dirs = []
+    for run_id in args.run_ids:
+        run_dir = find_run(run_id)
+        if run_dir not in dirs:
+            dirs.append(run_dir)
+    loaded = [load_run(d) for d in dirs]
+    summaries = [s for s, _ in loaded]
+    points, table = val_loss_table([h for _, h in loaded], rows=args.rows, x=args.x)
+    if args.json:
+        out(json.dumps({"runs": [s.to_dict() for s in summaries], "x": args.x,
+                        "val_loss": [{"x": p, "runs": row} for p, row in zip(points, table)]}))
+        return 0
+    width = max(12, *(len(s.name) for s in summaries))
+    out(f"{'NAME':{width}} {'RUN':22} {'STATE':9} {'STEPS':>8} {'TOKENS':>11} {'TRAIN':>7} {'VAL':>7} "
+        f"{'VAL PPL':>9} {'BEST VAL':>14}")
+    for s in summaries:
+        best = f"{_num(s.best_val_loss)} @{s.best_val_step}" if s.best_val_loss is not None else "-"
+        out(f"{s.name:{width}} {s.run_id:22} {s.state:9} {s.steps:>8,} {s.tokens_seen:>11,} {_num(s.train_loss):>7} "
+            f"{_num(s.val_loss):>7} {_num(s.val_ppl, '.1f'):>9} {best:>14}")
+    if not points:
+        out("\nNo evaluations yet: nothing to set side by side.")
+        return 0
+    label = "tokens seen" if args.x == "tokens" else "step"
+    out(f"\nval loss by {label}:")
+    cols = [max(8, len(s.name)) for s in summaries]
+    out(f"{label:>12}  " + "  ".join(f"{s.name:>{w}}" for s, w in zip(summaries, cols)))
+    for point, row in zip(points, table):
+        out(f"{point:>12,}  " + "  ".join(f"{_num(v):>{w}}" for v, w in zip(row, cols)))
+    if args.plot:
+        _plot_val_loss(out, summaries, [h for _, h in loaded], args.x)
+    return 0
+
+
+def _plot_val_loss(out: Out, summaries, histories, x: str) -> None:
+    """The val-loss curves overlaid, drawn by plotext in the terminal (plain characters when piped)."""
+    import shutil
+    import sys
+
+    import plotext as plt
+
+    plt.clear_figure()
+    columns, lines = shutil.get_terminal_size((100, 30))
+    plt.plotsize(min(columns, 140), max(12, min(lines - 4, 30)))
+    coloured = sys.stdout.isatty()
+    if not coloured:  # piped: no colours, so one character per run tells the curves apart
+        plt.theme("clear")
+    for i, (summary, history) in enumerate(zip(summaries, histories)):
+        evals = history.snapshot().evals
+        xs = list(evals.tokens if x == "tokens" else evals.step)
+        ys = list(evals.values.get("val_loss", []))
+        if xs:
+            plt.plot(xs, ys, label=summary.name, marker="braille" if coloured else PLAIN_MARKERS[i % len(PLAIN_MARKERS)])
+    plt.title("val loss")
+    plt.xlabel("tokens seen" if x == "tokens" else "step")
+    chart = plt.build()
+    out("")
+    out(chart if coloured else re.sub(r"\x1b\[[0-9;]*m", "", chart))
+
+
+PLAIN_MARKERS = ("*", "+", "o", "x", "#", "@", "%", "&")
+
+
 def add_runs_parser(sub) -> None:
     """`gpttui runs ...`."""
     p = sub.add_parser("runs", help="list, follow and steer training runs (also ones in the background)")
@@ -121,6 +194,13 @@ def add_runs_parser(sub) -> None:
         else:
             q.set_defaults(follow=True)
         q.set_defaults(func=cmd_runs_logs)
+    q = rsub.add_parser("compare", help="runs side by side: summary, and val loss at the same steps")
+    q.add_argument("run_ids", metavar="ID", nargs="+", help="run ids (a unique prefix is enough)")
+    q.add_argument("--x", choices=["step", "tokens"], default="step", help="line runs up by step (default) or tokens seen")
+    q.add_argument("--rows", type=int, default=10, help="evaluation points to show (default 10)")
+    q.add_argument("--plot", action="store_true", help="also draw the val-loss curves in the terminal")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_runs_compare)
     for command in ("pause", "resume", "stop", "save"):
         q = rsub.add_parser(command, help=f"ask a live run to {command}" + (" now" if command == "save" else ""))
         q.add_argument("run_id", metavar="ID")

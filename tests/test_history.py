@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -147,7 +148,17 @@ def test_status_last_step_and_last_eval_follow_the_order_of_the_records(tail):
 
 
 @pytest.mark.parametrize("piece_bytes", [1, 300, 4 << 20])  # a piece: shorter than a line, some lines, all
-def test_a_followed_log_with_a_partial_last_line_gives_the_same_history(tmp_path, monkeypatch, piece_bytes):
+@pytest.fixture(params=["orjson", "json"])
+def parser(request, monkeypatch):
+    """The follower's two JSON parsers: orjson (a dependency) and the json module it falls back to."""
+    if request.param == "json":
+        monkeypatch.setitem(sys.modules, "orjson", None)  # `import orjson` now raises ImportError
+    else:
+        pytest.importorskip("orjson", reason="orjson not installed (pip install orjson)")
+    return request.param
+
+
+def test_a_followed_log_with_a_partial_last_line_gives_the_same_history(tmp_path, monkeypatch, piece_bytes, parser):
     monkeypatch.setattr(runs, "PIECE_BYTES", piece_bytes)
     lines = [json.dumps(r) for r in damaged_records()] + ["{broken", "", json.dumps(_step(50))]
     text = "\n".join(lines) + "\n" + json.dumps(_step(51))[:30]  # a writer caught mid-line

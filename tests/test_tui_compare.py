@@ -305,3 +305,31 @@ async def test_the_runs_screen_compares_the_marked_runs(three_runs, monkeypatch)
         await pilot.pause()
         chart = app.screen.query_one("#cmp-val-loss", MetricChart)
         assert sorted(s[0] for s in chart.series) == sorted(NAMES)
+
+
+def test_the_cli_compares_runs_by_summary_and_val_loss_at_the_same_steps(three_runs, monkeypatch, capsys):
+    """`gpttui runs compare`: the same runs from a terminal (a prefix of an id is enough)."""
+    from gpttui.cli import main
+
+    monkeypatch.setenv("GPTTUI_HOME", str(three_runs[0].parent.parent))
+    ids = [d.name for d in three_runs]
+    assert main(["runs", "compare", *ids, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in data["runs"]] == list(NAMES)
+    evals = [evals_of(d) for d in three_runs]
+    for run, logged in zip(data["runs"], evals):
+        assert run["steps"] == STEPS and run["state"] == "finished"
+        assert run["val_loss"] == logged[-1]["val_loss"]
+        assert run["best_val_loss"] == min(e["val_loss"] for e in logged)
+    assert [row["x"] for row in data["val_loss"]] == [e["step"] for e in evals[0]]
+    assert [row["runs"] for row in data["val_loss"]] == [list(v) for v in zip(*[[e["val_loss"] for e in run]
+                                                                                  for run in evals])]
+
+    assert main(["runs", "compare", *ids, "--rows", "2", "--plot"]) == 0
+    text = capsys.readouterr().out
+    assert all(name in text for name in NAMES) and "val loss by step:" in text
+    table = text.split("val loss by step:")[1].splitlines()[2:4]
+    assert [int(line.split()[0].replace(",", "")) for line in table] == [evals[0][0]["step"], evals[0][-1]["step"]]
+    assert any(line.strip() == "val loss" for line in text.splitlines())  # the plotext chart, under the table
+    assert "\x1b[" not in text  # piped (captured): no colour codes, one marker character per run
+    assert all(f"{m}{m} {name}" in text for m, name in zip("*+o", NAMES))

@@ -52,9 +52,8 @@ EXIT_SIGNALS = tuple(s for s in (getattr(signal, "SIGHUP", None), signal.SIGTERM
 def stop_for_exit(session: TrainingSession, reason: str = "interrupted") -> None:
     """Tell the in-app run, if one is going, to stop after its step and save.
 
-    Judged by ``session.done`` (set by the training thread itself), not by the Textual worker's
-    state: once the app stops, Textual cancels its workers, and ``session.running`` reads False
-    while the thread still trains."""
+    Judged by ``session.done`` (set by the training thread itself), never by the Textual worker's
+    state: once the app stops, Textual cancels its workers while the thread still trains."""
     control = session.control
     if control is not None and not session.done.is_set():
         control.stop(save=True, reason=reason)
