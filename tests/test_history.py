@@ -147,7 +147,6 @@ def test_status_last_step_and_last_eval_follow_the_order_of_the_records(tail):
     assert state(RunHistory.from_events(records)) == state(general(records))
 
 
-@pytest.mark.parametrize("piece_bytes", [1, 300, 4 << 20])  # a piece: shorter than a line, some lines, all
 @pytest.fixture(params=["orjson", "json"])
 def parser(request, monkeypatch):
     """The follower's two JSON parsers: orjson (a dependency) and the json module it falls back to."""
@@ -158,6 +157,7 @@ def parser(request, monkeypatch):
     return request.param
 
 
+@pytest.mark.parametrize("piece_bytes", [1, 300, 4 << 20])  # a piece: shorter than a line, some lines, all
 def test_a_followed_log_with_a_partial_last_line_gives_the_same_history(tmp_path, monkeypatch, piece_bytes, parser):
     monkeypatch.setattr(runs, "PIECE_BYTES", piece_bytes)
     lines = [json.dumps(r) for r in damaged_records()] + ["{broken", "", json.dumps(_step(50))]
