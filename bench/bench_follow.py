@@ -1,13 +1,17 @@
 """Attaching to a long run: :class:`gpttui.core.runs.EventFollower` + :class:`RunHistory` against a full re-parse.
 
-Writes a synthetic ``events.jsonl`` of N step events (200,000 by default, an eval every 5 steps as the
-book's loop gives) into a temporary folder, then measures, in the same process (best of ``--repeat``):
+Writes a synthetic run of N step events (200,000 by default, an eval every 5 steps as the book's loop
+gives, a sample and a checkpoint now and then) with the trainer's own writer (``RunLog``: ``events.jsonl``
+and its step index ``steps.idx``) into a temporary ``GPTTUI_HOME``, then measures, in the same process
+(best of ``--repeat``):
 
-- the baseline, as before the fast path: every line parsed (``read_run_events``), and every record made an
+- the baseline, as before the fast paths: every line parsed (``read_run_events``), and every record made an
   event (``typed_event``) and fed to a RunHistory one by one -- what a monitor needs before it draws;
-- attaching: ``EventFollower.read_new`` on the whole file + ``RunHistory.feed_records``, and
-  ``EventFollower.feed`` (the same, a few MB at a time), with orjson (where installed) and with the json
-  module (orjson hidden from the import system);
+- attaching, what the app does (``EventFollower.feed``): with the step index (only the lines that are not
+  steps parsed as JSON), and without it (a run written by an older gpttui: every line parsed, a few MB at a
+  time), each with orjson (where installed) and with the json module (orjson hidden from the import
+  system); also ``EventFollower.read_new`` + ``RunHistory.feed_records``; every history is checked equal
+  to the baseline's;
 - one refresh (``EventFollower.feed``) after 100 appended steps (+20 evals): only the new bytes;
 - ``RunHistory.snapshot()`` on the 200,000-step history (what the Train screen takes several times a
   second) against copying its lists as the old snapshot did, and one chart's ``downsample`` of a column.
@@ -21,30 +25,49 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gpttui.core.events import read_run_events  # noqa: E402
+from gpttui.core.events import (CheckpointEvent, EvalEvent, Event, RunLog, SampleEvent, Started,  # noqa: E402
+                                StepEvent, read_run_events)
 from gpttui.core.history import RunHistory, downsample, typed_event  # noqa: E402
 from gpttui.core.runs import EventFollower  # noqa: E402
+from gpttui.core.stepindex import INDEX_FILE  # noqa: E402
 
 
-def lines(start: int, stop: int, total: int) -> str:
-    out = []
+def events(start: int, stop: int, total: int) -> Iterator[Event]:
+    """Steps ``start``..``stop - 1`` of a ``total``-step run, as its trainer would report them."""
+    if start == 1:
+        yield Started("bench", "", {}, {}, 1000, "cpu", "float32", total, total, 1024)
     for i in range(start, stop):
-        out.append(json.dumps({"event": "step", "step": i, "epoch": 1, "tokens_seen": i * 1024, "loss": 3.0 - i / total,
-                               "lr": 4e-4, "grad_norm": 1.0, "tokens_per_sec": 12345.6, "elapsed": i * 0.05,
-                               "total_steps": total, "eta": (total - i) * 0.05}))
+        yield StepEvent(i, 1, i * 1024, 3.0 - i / total, 4e-4, 1.0, 12345.6, i * 0.05, total, (total - i) * 0.05)
         if i % 5 == 1:
-            out.append(json.dumps({"event": "eval", "step": i, "epoch": 1, "tokens_seen": i * 1024, "train_loss": 3.0,
-                                   "val_loss": 3.1, "train_ppl": 20.1, "val_ppl": 22.2, "best_val_loss": 3.1}))
-    return "\n".join(out) + "\n"
+            yield EvalEvent(i, 1, i * 1024, 3.0, 3.1, 20.1, 22.2, 3.1)
+        if i % 5000 == 1:
+            yield SampleEvent(i, 1, "Every effort moves you", " forward, and the rest follows.")
+        if i % 20000 == 0:
+            yield CheckpointEvent(i, "bench", "/tmp/bench")
+
+
+def write(log: RunLog, start: int, stop: int, total: int) -> None:
+    for event in events(start, stop, total):
+        log.append(event)
+
+
+def same(a: RunHistory, b: RunHistory) -> bool:
+    """Whether two histories hold the same curves, events and state."""
+    sa, sb = a.snapshot(), b.snapshot()
+    return (list_columns(a) == list_columns(b) and a.version == b.version
+            and (sa.status, sa.started, sa.last_step, sa.last_eval, sa.samples, sa.checkpoints, sa.finished,
+                 sa.failed, sa.best_val_loss)
+            == (sb.status, sb.started, sb.last_step, sb.last_eval, sb.samples, sb.checkpoints, sb.finished,
+                sb.failed, sb.best_val_loss))
 
 
 def best_of(repeat: int, fn):
@@ -120,47 +143,52 @@ def main() -> None:
     args = parser.parse_args()
     n, k = args.steps, args.repeat
     with tempfile.TemporaryDirectory() as tmp:
-        run_dir = Path(tmp)
+        os.environ["GPTTUI_HOME"] = tmp
+        log_writer = RunLog("bench")
+        write(log_writer, 1, n + 1, n)
+        run_dir = log_writer.dir
         log = run_dir / "events.jsonl"
-        log.write_text(lines(1, n + 1, n), encoding="utf-8")
         size = log.stat().st_size
         base_s, base_cpu, base_load, ref = best_of(k, lambda: baseline(run_dir))
-        print(f"events.jsonl: {n:,} steps, {len(ref.steps) + len(ref.evals):,} events, {size / 1e6:.1f} MB")
+        print(f"events.jsonl: {n:,} steps, {len(ref.steps) + len(ref.evals):,} steps and evals, {size / 1e6:.1f} MB; "
+              f"steps.idx: {(run_dir / INDEX_FILE).stat().st_size / 1e6:.1f} MB")
         print(f"baseline, full re-parse into a RunHistory (read_run_events + typed_event + feed): "
               f"{base_s:.3f} s (cpu {base_cpu:.3f} s)  [load {base_load:.2f}]")
+
+        def report(what: str, total: float, cpu: float, load: float) -> None:
+            print(f"{what}: {total:.3f} s (cpu {cpu:.3f} s)  {total / base_s:.2f} of the baseline, "
+                  f"{base_s / total:.1f}x faster (cpu: {cpu / base_cpu:.2f}, {base_cpu / cpu:.1f}x)  [load {load:.2f}]")
 
         modes = [("orjson", None)] if has_orjson() else []
         modes.append(("json", NoOrjson))
         for name, context in modes:
-            def timed_attach():
-                if context is None:
-                    return attach(run_dir)
-                with context():
-                    return attach(run_dir)
+            def timed(fn):
+                def run():
+                    if context is None:
+                        return fn(run_dir)
+                    with context():
+                        return fn(run_dir)
+                return run
 
-            total, cpu, load, (read, feed, history) = best_of(k, timed_attach)
-            assert len(history.steps) == n and history.version == ref.version
-            print(f"attach ({name}), read_new + feed_records: {total:.3f} s = {read:.3f} + {feed:.3f} "
-                  f"(cpu {cpu:.3f} s)  {total / base_s:.2f} of the baseline, {base_s / total:.1f}x faster "
-                  f"(cpu: {cpu / base_cpu:.2f}, {base_cpu / cpu:.1f}x)  [load {load:.2f}]")
+            total, cpu, load, history = best_of(k, timed(attach_feed))
+            assert same(history, ref), "attaching with the step index gave another history"
+            report(f"attach ({name}), EventFollower.feed with the step index", total, cpu, load)
 
-            def timed_feed():
-                if context is None:
-                    return attach_feed(run_dir)
-                with context():
-                    return attach_feed(run_dir)
-
-            total, cpu, load, history = best_of(k, timed_feed)
-            assert len(history.steps) == n and history.version == ref.version
-            print(f"attach ({name}), EventFollower.feed: {total:.3f} s (cpu {cpu:.3f} s)  {total / base_s:.2f} of "
-                  f"the baseline, {base_s / total:.1f}x faster (cpu: {cpu / base_cpu:.2f}, {base_cpu / cpu:.1f}x)  "
-                  f"[load {load:.2f}]")
+            (run_dir / INDEX_FILE).rename(run_dir / "hidden.idx")  # an older gpttui's run
+            try:
+                total, cpu, load, history = best_of(k, timed(attach_feed))
+                assert same(history, ref), "attaching without the step index gave another history"
+                report(f"attach ({name}), EventFollower.feed without it (older runs)", total, cpu, load)
+                total, cpu, load, (read, feed, history) = best_of(k, timed(attach))
+                assert same(history, ref)
+                report(f"attach ({name}), read_new {read:.3f} + feed_records {feed:.3f}", total, cpu, load)
+            finally:
+                (run_dir / "hidden.idx").rename(run_dir / INDEX_FILE)
 
         follower = EventFollower(run_dir)
         history = RunHistory()
         follower.feed(history)
-        with open(log, "a", encoding="utf-8") as f:
-            f.write(lines(n + 1, n + 101, n))
+        write(log_writer, n + 1, n + 101, n)
         start = time.perf_counter()
         new = follower.feed(history)
         refresh_s = time.perf_counter() - start

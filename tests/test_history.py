@@ -19,6 +19,7 @@ from gpttui.core.events import (CheckpointEvent, EvalEvent, FailedEvent, Finishe
                                 StepEvent, event_record, read_run_events)
 from gpttui.core.history import RunHistory, downsample, typed_event
 from gpttui.core.runs import EventFollower
+from gpttui.core.stepindex import plan_attach
 from gpttui.core.tokenizer import ByteTokenizer
 from gpttui.core.train import TrainConfig, Trainer
 
@@ -202,6 +203,9 @@ def test_fast_path_gives_the_same_history_for_a_real_runs_events(tmp_path):
     assert all(tuple(r) == H.STEP_KEYS and isinstance(r["loss"], float) for r in steps)
     assert all(tuple(r) == H.EVAL_KEYS for r in evals)
 
+    data = (run_dir / "events.jsonl").read_bytes()
+    plan = plan_attach(run_dir, data, data.rfind(b"\n"))  # a real run is indexed: attaching uses steps.idx
+    assert plan is not None and len(plan.steps) == 6
     fast = RunHistory.from_run_dir(run_dir)
     assert state(fast) == state(general(records))
     snap = fast.snapshot()

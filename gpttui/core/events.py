@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import secrets
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -136,22 +137,36 @@ def event_record(event: Event) -> dict[str, Any]:
 
 
 class RunLog:
-    """``$GPTTUI_HOME/runs/<id>/``: config.json and an append-only events.jsonl, flushed per event."""
+    """``$GPTTUI_HOME/runs/<id>/``: config.json and an append-only events.jsonl, flushed per event; each step
+    event is also indexed in ``steps.idx`` (:mod:`gpttui.core.stepindex`), before its line is written."""
 
     def __init__(self, run_id: str) -> None:
+        from gpttui.core.stepindex import StepIndexWriter
+
         self.run_id = run_id
         self.dir = paths.runs_dir() / run_id
         self.dir.mkdir(parents=True, exist_ok=True)
-        self._events = open(self.dir / "events.jsonl", "a", encoding="utf-8")
+        self._events = open(self.dir / "events.jsonl", "ab")
+        self._size = os.fstat(self._events.fileno()).st_size  # where the next line starts
+        self._index = StepIndexWriter(self.dir)
 
     def write_config(self, config: dict) -> None:
         atomic_write(self.dir / "config.json", json.dumps(config, indent=2, default=str), durable=False)
 
     def append(self, event: Event) -> None:
-        self._events.write(json.dumps(event_record(event)) + "\n")
-        self._events.flush()
+        line = json.dumps(event_record(event)).encode("utf-8")
+        if isinstance(event, StepEvent):
+            self._index.append(self._size, len(line), event)
+        try:
+            self._events.write(line + b"\n")
+            self._events.flush()
+        except OSError:
+            self._index.close()  # where the next line starts is unknown now: index no more steps
+            raise
+        self._size += len(line) + 1
 
     def close(self) -> None:
+        self._index.close()
         try:
             self._events.close()
         except OSError:

@@ -6,7 +6,8 @@ remembering only their lengths (:class:`Column`), so the Train screen can take o
 from a 200,000-step run. The same object can be rebuilt from a run directory's ``events.jsonl``
 (:meth:`RunHistory.from_run_dir`; :meth:`gpttui.core.runs.EventFollower.feed`, or
 :meth:`RunHistory.feed_records` with what the follower read): sound step and eval records go straight into the columns,
-everything else through :func:`typed_event`.
+everything else through :func:`typed_event`; a run's step index (:mod:`gpttui.core.stepindex`) fills the step
+columns without parsing at all (:meth:`RunHistory.feed_steps`).
 """
 
 from __future__ import annotations
@@ -213,6 +214,20 @@ class RunHistory:
         while chunk := list(itertools.islice(it, FEED_CHUNK)):
             with self._lock:
                 _feed_chunk(self, chunk)
+
+    def feed_steps(self, rows: np.ndarray, last: StepEvent) -> None:
+        """Append step rows read from a run's step index (:func:`gpttui.core.stepindex.plan_attach`: fields
+        ``step``, ``tokens``, ``loss``, ``lr``, ``grad_norm``, ``tokens_per_sec``) in bulk, ``last`` (the
+        last row's event, read from its line) becoming :attr:`last_step`: what feeding the rows' step
+        events one by one would do."""
+        with self._lock:
+            ints = (self.steps.step, self.steps.tokens)
+            for column, name in zip((*ints, *self.steps.columns(*STEP_VALUES)), ("step", "tokens", *STEP_VALUES)):
+                native = "=i8" if column.typecode == "q" else "=f8"
+                column.frombytes(np.ascontiguousarray(rows[name], dtype=native).tobytes())
+            self.version += len(rows)
+            self.status = "running"
+            self.last_step = last
 
     @classmethod
     def from_run_dir(cls, run_dir: str | Path) -> "RunHistory":
