@@ -62,7 +62,7 @@ async def test_ctrl_k_edits_the_prompt_and_f6_toggles_the_colours():
         assert colour.value is True and prompt.value == "30" and app.focused is prompt
         legend = screen.query_one("#prob-legend", Static)
         assert on_screen(app, legend)
-        assert "■ ≥60%" in shown_text(legend) and "<10%" in shown_text(legend)
+        assert all(band in shown_text(legend) for band in ("■\u00a0≥60%", "30–60%", "10–30%", "<10%"))
         await pilot.press("f6")
         await pilot.pause()
         assert colour.value is False and not screen.query_one("#token-panel").display
@@ -78,11 +78,13 @@ async def test_the_token_inspector_shows_its_numbers_under_the_chat(size):
         for i in range(3):  # a chat longer than the screen: the panel still sits under it
             turn = await send(pilot, screen, messages, f"def {i}", max_new_tokens="24")
         details = screen.query_one("#token-details", Static)
-        assert not details.display
+        assert not screen.query_one("#token-panel").display  # colours off: no panel
+        await pilot.press("f6")
+        await pilot.pause()
+        assert on_screen(app, details) and "F7 / F8" in shown_text(details)  # the keys, until a token is picked
         await pilot.press("f7")  # from inside the prompt: the key is no input's
         await pilot.pause()
         tokens = [t for t in turn.tokens if t.token_id is not None]
-        assert screen.query_one("#colour", Checkbox).value is True
         assert on_screen(app, details)
         text = shown_text(details)
         assert f"token {len(tokens)} of {len(tokens)}" in text and f"p = {tokens[-1].prob:.3f}" in text

@@ -271,13 +271,17 @@ def prob_style(p: float | None) -> str:
 
 
 def prob_legend() -> Text:
-    """What the probability colours mean, one coloured square per band."""
-    text = Text("Colour = probability: ", style="dim")
+    """What the probability colours mean, one coloured square per band (a square and its label never
+    part at a line's end)."""
+    text = Text("Probability:", style="dim")
     for _, colour, label in PROB_BANDS:
-        text.append("■ ", style=colour)
-        text.append(f"{label}  ")
-    text.rstrip()
+        text.append(" ")
+        text.append("■\u00a0", style=colour)
+        text.append(label.replace(" ", "\u00a0"))
     return text
+
+
+INSPECTOR_HINT = "F7 / F8 (Ctrl+← / → outside inputs) pick a token: its probability and the alternatives."
 
 
 def append_printable(text: Text, pieces: list[tuple[str, bool]], style: str | None = None) -> None:

@@ -26,7 +26,7 @@ from gpttui.core.tokenizer import get_tokenizer, tokenizer_for
 from gpttui.core.resources import pick_device
 from gpttui.tui.listing import ListsCheckpoints
 from gpttui.tui.messages import CheckpointsListed, GenerationChunk, GenerationDone
-from gpttui.tui.render import prob_legend, token_details, turn_text
+from gpttui.tui.render import INSPECTOR_HINT, prob_legend, token_details, turn_text
 from gpttui.tui.widgets import Field, read_field
 
 TRAINING = "__training__"
@@ -135,12 +135,13 @@ class GenerateScreen(ListsCheckpoints, Screen):
     # Inputs own ctrl+a/e/d/k/u/w/x/c/v, the arrows and ctrl+arrows (word moves): the screen's keys
     # that must work while typing are F-keys and ctrl+l/y; ctrl+arrows and / only act outside inputs.
     BINDINGS = [
-        Binding("escape", "escape", "Stop / to prompt"),
+        Binding("escape", "escape", "Stop/prompt"),
         Binding("ctrl+l", "clear", "Clear", priority=True),
         Binding("ctrl+y", "copy", "Copy last turn", priority=True),
         Binding("f6", "toggle_colour", "Probabilities", priority=True),
-        Binding("f7", "select_token(-1)", "◂ Token", priority=True),
-        Binding("f8", "select_token(1)", "Token ▸", priority=True),
+        # F7/F8 are named under the chat whenever the colours are on (the footer has no room left)
+        Binding("f7", "select_token(-1)", "Previous token", show=False, priority=True),
+        Binding("f8", "select_token(1)", "Next token", show=False, priority=True),
         Binding("ctrl+left", "select_token(-1)", "Previous token (outside inputs)", show=False),
         Binding("ctrl+right", "select_token(1)", "Next token (outside inputs)", show=False),
         Binding("slash", "focus_prompt", "Back to the prompt (outside inputs)", show=False),
@@ -153,7 +154,7 @@ class GenerateScreen(ListsCheckpoints, Screen):
                 yield VerticalScroll(id="chat")
                 with Vertical(id="token-panel"):  # where the eye is: right under the reply
                     yield Static(prob_legend(), id="prob-legend")
-                    yield Static("", id="token-details")
+                    yield Static(INSPECTOR_HINT, id="token-details", classes="hint")
                 with Horizontal(id="prompt-row"):
                     yield PromptInput(id="prompt", placeholder="Type a prompt and press Enter (↑/↓: history)")
                     yield Button("Send", id="send", variant="primary")
@@ -182,7 +183,6 @@ class GenerateScreen(ListsCheckpoints, Screen):
         self.model_options: list[tuple[str, str]] = []  # the #model choices: (label, value)
         self._infos: list = []  # the checkpoints last listed
         self.query_one("#token-panel").display = False
-        self.query_one("#token-details").display = False
         self.refresh_models()
         self.set_interval(TRAINING_CHECK_SECONDS, self._check_training_entry)
 
@@ -446,7 +446,7 @@ class GenerateScreen(ListsCheckpoints, Screen):
         self._show_details(token_details(view.turn.tokens[view.selected], f"token {pos + 1} of {len(tokens)}"))
 
     def _show_details(self, details: Text | None) -> None:
-        """The selected token's numbers under the chat (None: no token selected, nothing shown)."""
+        """The selected token's numbers under the chat (None: no token selected, the keys that pick one)."""
         widget = self.query_one("#token-details", Static)
-        widget.update(details or "")
-        widget.display = details is not None
+        widget.update(details if details is not None else INSPECTOR_HINT)
+        widget.set_class(details is None, "hint")
