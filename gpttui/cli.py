@@ -219,6 +219,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     from gpttui.core import checkpoints
     from gpttui.core.generate import SamplingConfig, cast_for_inference, stream
+    from gpttui.core.printable import StreamEscaper, blank_reply_note
     from gpttui.core.resources import pick_device
     from gpttui.core.tokenizer import get_tokenizer, tokenizer_for
 
@@ -253,21 +254,30 @@ def cmd_generate(args: argparse.Namespace) -> int:
             except (OSError, ValueError):
                 out.alive = False
 
+    # Control characters (an ESC a model sampled, say) would be obeyed by the terminal: shown as
+    # symbols unless --raw; --json escapes them as JSON does.
+    escaper = None if args.raw else StreamEscaper()
+    shown = escaper.feed if escaper is not None else (lambda text: text)
     try:
         events = stream(model, tokenizer, args.prompt, cfg, cancel=cancel)
         if not args.json:
-            write(args.prompt)
+            write(shown(args.prompt))
         for event in events:
             if not args.json:
-                write(event.text)
+                write(shown(event.text))
     finally:
         signal.signal(signal.SIGINT, previous)
     result = events.result
+    if escaper is not None and not args.json:
+        write(escaper.flush())
     if args.json:
         out(json.dumps({**result.to_dict(), "checkpoint": args.checkpoint, "device": str(device),
                         "dtype": args.dtype}))
     else:
         out()
+        note = blank_reply_note(result.text)
+        if note:
+            out(note, err=True)
         out(f"[{result.new_tokens} tokens, {result.tokens_per_sec:.1f} tok/s, stopped by {result.stopped_by}"
             + (f", seed {result.seed}" if result.seed is not None else "") + "]", err=True)
     return 0
@@ -477,6 +487,9 @@ def _add_generate_parser(sub) -> None:
     p.add_argument("--ignore-eos", action="store_true", help="do not stop at the end-of-text token")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="weights dtype (default fp32)")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N, mps")
+    p.add_argument("--raw", action="store_true",
+                   help="print the text as generated; by default control characters (ESC, BEL, a lone CR, "
+                        "DEL, C1) are shown as symbols such as ␛, so the terminal does not obey them")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object (text, new_tokens, tokens_per_sec, ...) at the end instead")
     p.set_defaults(func=cmd_generate)

@@ -717,8 +717,9 @@ def test_cli_generate_json_matches_the_engine():
     expected = generate(model, BYTES, "Hello 😀", SamplingConfig(max_new_tokens=40, eos_id=None))
     assert data["text"] == expected.text and data["token_ids"] == expected.token_ids
     assert data["new_tokens"] == 40 and data["tokens_per_sec"] > 0 and data["stopped_by"] == "max_tokens"
-    # Streaming to stdout: the prompt, then the continuation.
-    proc = _cli("--checkpoint", "t", "--prompt", "Hello 😀", "--max-new-tokens", "40", "--ignore-eos")
+    # Streaming to stdout: the prompt, then the continuation (--raw: exactly; else control characters
+    # shown as symbols, see test_printable).
+    proc = _cli("--checkpoint", "t", "--prompt", "Hello 😀", "--max-new-tokens", "40", "--ignore-eos", "--raw")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "Hello 😀" + expected.text + "\n"
     assert "40 tokens" in proc.stderr and "tok/s" in proc.stderr

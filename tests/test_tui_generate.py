@@ -87,7 +87,7 @@ async def test_probability_colouring_and_token_details():
         await pilot.press("enter")
         turn = await generation_done(messages, pilot, screen)
         assert all(t.prob is not None and 0 < t.prob <= 1 for t in turn.tokens if t.token_id is not None)
-        await pilot.press("ctrl+left")
+        await pilot.press("f7")  # the inspector's key (ctrl+left is the prompt's word move)
         await pilot.pause()
         details = str(screen.query_one("#token-details", Static).render())
         last = [t for t in turn.tokens if t.token_id is not None][-1]

@@ -16,6 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from gpttui.core import checkpoints
+from gpttui.core.printable import StreamEscaper, blank_reply_note, split_controls
 from gpttui.core.units import format_bytes as human_bytes, format_count as human_count, format_duration
 
 NONE = "–"
@@ -258,31 +259,56 @@ def dataset_checks(stats) -> str:
 # --- the Generate screen -----------------------------------------------------------------------------
 
 
+PROB_BANDS = ((0.6, "green", "≥60%"), (0.3, "yellow", "30–60%"), (0.1, "dark_orange", "10–30%"),
+              (0.0, "red", "<10%"))  # (lowest probability, colour, legend label), surest first
+
+
 def prob_style(p: float | None) -> str:
     """Colour of a token by the probability it had: sure (green) to surprising (red)."""
     if p is None:
         return ""
-    if p >= 0.6:
-        return "green"
-    if p >= 0.3:
-        return "yellow"
-    if p >= 0.1:
-        return "dark_orange"
-    return "red"
+    return next(colour for low, colour, _ in PROB_BANDS if p >= low)
+
+
+def prob_legend() -> Text:
+    """What the probability colours mean, one coloured square per band (a square and its label never
+    part at a line's end)."""
+    text = Text("Probability:", style="dim")
+    for _, colour, label in PROB_BANDS:
+        text.append(" ")
+        text.append("■\u00a0", style=colour)
+        text.append(label.replace(" ", "\u00a0"))
+    return text
+
+
+INSPECTOR_HINT = "F7 / F8 (Ctrl+← / → outside inputs) pick a token: its probability and the alternatives."
+
+
+def append_printable(text: Text, pieces: list[tuple[str, bool]], style: str | None = None) -> None:
+    """Append model-written text, as :func:`split_controls` pieces: control characters as symbols,
+    in bold (so a literal "␛" in the text still reads differently)."""
+    for piece, control in pieces:
+        text.append(piece, style=(f"{style or ''} bold".strip() if control else style) or None)
 
 
 def turn_text(turn, colour: bool, selected: int | None) -> Text:
-    """One prompt and its continuation; with ``colour`` each token by its probability, ``selected`` reversed."""
+    """One prompt and its continuation; with ``colour`` each token by its probability, ``selected`` reversed.
+    Control characters are shown as symbols, never sent raw; a reply that shows nothing says so."""
     text = Text()
     text.append(f"{turn.model} ▸ ", style="dim")
-    text.append(turn.prompt, style="bold")
+    append_printable(text, split_controls(turn.prompt), "bold")
+    escaper = StreamEscaper()
     for i, tok in enumerate(turn.tokens):
         style = prob_style(tok.prob) if colour else ""
         if colour and i == selected:
             style += " reverse"
-        text.append(tok.text, style=style or None)
+        append_printable(text, escaper.pieces(tok.text), style or None)
     if turn.result is not None:
+        append_printable(text, escaper.flush_pieces())
         r = turn.result
+        note = blank_reply_note(turn.text)
+        if note:
+            text.append(f"\n{note}", style="italic yellow")
         text.append(f"\n{r.new_tokens} tokens · {r.tokens_per_sec:.1f} tok/s · stopped by {r.stopped_by}",
                     style="dim italic")
     elif turn.error:
@@ -292,13 +318,21 @@ def turn_text(turn, colour: bool, selected: int | None) -> Text:
     return text
 
 
-def token_details(tok) -> Text:
-    """A token, its probability and the alternatives the model weighed."""
+def token_details(tok, where: str = "") -> Text:
+    """A token (``where``: e.g. "token 7 of 12"), its probability and the alternatives the model
+    weighed, compact enough for a few lines under the chat. Texts as Python literals: a newline or
+    an ESC token reads '\\n' or '\\x1b'."""
     text = Text()
-    text.append(repr(tok.text) + "\n", style="bold")
+    if where:
+        text.append(f"{where}: ", style="dim")
+    text.append(repr(tok.text), style="bold")
     if tok.prob is not None:
-        text.append(f"p = {tok.prob:.3f}\n", style=prob_style(tok.prob))
-    for alt in tok.alternatives:
-        marker = "▸ " if alt.token_id == tok.token_id else "  "
-        text.append(f"{marker}{alt.prob:6.3f}  {alt.text!r}\n", style=prob_style(alt.prob))
+        text.append("  ")
+        text.append(f"p = {tok.prob:.3f}", style=prob_style(tok.prob))
+    if tok.alternatives:
+        text.append("\nweighed: ", style="dim")
+        for i, alt in enumerate(tok.alternatives):
+            marker = "▸" if alt.token_id == tok.token_id else ""
+            text.append(" · " if i else "", style="dim")
+            text.append(f"{marker}{alt.prob:.3f} {alt.text!r}", style=prob_style(alt.prob))
     return text

@@ -13,6 +13,7 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Button, Checkbox, Footer, Header, Input, Label, Select, Static
 from textual.worker import Worker, get_current_worker
@@ -25,10 +26,11 @@ from gpttui.core.tokenizer import get_tokenizer, tokenizer_for
 from gpttui.core.resources import pick_device
 from gpttui.tui.listing import ListsCheckpoints
 from gpttui.tui.messages import CheckpointsListed, GenerationChunk, GenerationDone
-from gpttui.tui.render import token_details, turn_text
+from gpttui.tui.render import INSPECTOR_HINT, prob_legend, token_details, turn_text
 from gpttui.tui.widgets import Field, read_field
 
 TRAINING = "__training__"
+TRAINING_CHECK_SECONDS = 1.0  # how often the training entry's label is checked (running, paused, ended)
 FLUSH_SECONDS = 0.05  # stream to the screen at most 20 times a second, whatever the model's speed
 
 PRESETS = {
@@ -60,6 +62,27 @@ class Turn:
     @property
     def text(self) -> str:
         return "".join(t.text for t in self.tokens)
+
+
+@dataclass
+class SnapshotTaken(Message):
+    """The training run's weights a turn talks to were taken after this step."""
+
+    turn: int
+    step: int
+
+
+def training_entry(session) -> str | None:
+    """The model list's entry for the run trained in this app, saying which weights it stands for:
+    a running run's are taken when you send (the turn then names the step), a paused or ended run's
+    are those of its last step. None while the run has no model."""
+    trainer = session.trainer
+    if trainer is None or trainer.model is None:
+        return None
+    if session.running and not session.paused:
+        return f"Run {session.label}, live (step taken at send)"
+    step = trainer.pos.step
+    return f"Run {session.label}, step {step:,} ({'paused' if session.running else 'run ended'})"
 
 
 class PromptInput(Input):
@@ -109,13 +132,19 @@ class TurnView(Static):
 
 
 class GenerateScreen(ListsCheckpoints, Screen):
+    # Inputs own ctrl+a/e/d/k/u/w/x/c/v, the arrows and ctrl+arrows (word moves): the screen's keys
+    # that must work while typing are F-keys and ctrl+l/y; ctrl+arrows and / only act outside inputs.
     BINDINGS = [
-        Binding("escape", "stop", "Stop"),
+        Binding("escape", "escape", "Stop/prompt"),
         Binding("ctrl+l", "clear", "Clear", priority=True),
         Binding("ctrl+y", "copy", "Copy last turn", priority=True),
-        Binding("ctrl+k", "toggle_colour", "Probabilities", priority=True),
-        Binding("ctrl+left", "select_token(-1)", "Prev token", show=False, priority=True),
-        Binding("ctrl+right", "select_token(1)", "Next token", show=False, priority=True),
+        Binding("f6", "toggle_colour", "Probabilities", priority=True),
+        # F7/F8 are named under the chat whenever the colours are on (the footer has no room left)
+        Binding("f7", "select_token(-1)", "Previous token", show=False, priority=True),
+        Binding("f8", "select_token(1)", "Next token", show=False, priority=True),
+        Binding("ctrl+left", "select_token(-1)", "Previous token (outside inputs)", show=False),
+        Binding("ctrl+right", "select_token(1)", "Next token (outside inputs)", show=False),
+        Binding("slash", "focus_prompt", "Back to the prompt (outside inputs)", show=False),
     ]
 
     def compose(self) -> ComposeResult:
@@ -123,6 +152,9 @@ class GenerateScreen(ListsCheckpoints, Screen):
         with Horizontal(id="generate-main"):
             with Vertical(id="chat-column"):
                 yield VerticalScroll(id="chat")
+                with Vertical(id="token-panel"):  # where the eye is: right under the reply
+                    yield Static(prob_legend(), id="prob-legend")
+                    yield Static(INSPECTOR_HINT, id="token-details", classes="hint")
                 with Horizontal(id="prompt-row"):
                     yield PromptInput(id="prompt", placeholder="Type a prompt and press Enter (↑/↓: history)")
                     yield Button("Send", id="send", variant="primary")
@@ -136,10 +168,8 @@ class GenerateScreen(ListsCheckpoints, Screen):
                 for fid, label, kind, minimum in SAMPLING_FIELDS:
                     yield Field(label, getattr(defaults, fid), id=fid, kind=kind, minimum=minimum)
                 yield Field("Stop at", "", id="stop_strings", kind="text", placeholder='e.g. \\n\\n | "."')
-                yield Checkbox("Colour by probability", False, id="colour")
+                yield Checkbox("Colour by probability (F6)", False, id="colour")
                 yield Static("", id="sampling-problems")
-                yield Label("Token", classes="section")
-                yield Static("Turn on probability colouring, then Ctrl+←/→ picks a token.", id="token-details")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -151,7 +181,10 @@ class GenerateScreen(ListsCheckpoints, Screen):
         # time: its group is exclusive), never by the UI thread.
         self._models: dict[tuple[str, int, int], tuple[torch.nn.Module, str]] = {}
         self.model_options: list[tuple[str, str]] = []  # the #model choices: (label, value)
+        self._infos: list = []  # the checkpoints last listed
+        self.query_one("#token-panel").display = False
         self.refresh_models()
+        self.set_interval(TRAINING_CHECK_SECONDS, self._check_training_entry)
 
     def on_screen_resume(self) -> None:
         self.app.refresh_header()
@@ -165,14 +198,20 @@ class GenerateScreen(ListsCheckpoints, Screen):
         self.list_checkpoints()
 
     def on_checkpoints_listed(self, message: CheckpointsListed) -> None:
-        select = self.query_one("#model", Select)
+        self._infos = message.infos
         wanted, self.app.state.generate_checkpoint = self.app.state.generate_checkpoint, None
+        self._set_model_options(wanted)
+
+    def _set_model_options(self, wanted: str | None = None) -> None:
+        """The model list: the run trained here (when it has a model), then the usable checkpoints;
+        the choice is kept when it is still offered."""
+        select = self.query_one("#model", Select)
         current = wanted or select.value
         options = []
-        session = self.app.state.session
-        if session.trainer is not None and session.trainer.model is not None:
-            options.append((f"Training run: {session.label} (snapshot)", TRAINING))
-        options += [(f"{info.name} ({info.source})", info.name) for info in message.infos if info.ok]
+        entry = training_entry(self.app.state.session)
+        if entry is not None:
+            options.append((entry, TRAINING))
+        options += [(f"{info.name} ({info.source})", info.name) for info in self._infos if info.ok]
         if not options:
             options = [("(no model yet: train one or import GPT-2)", "")]
         if options != self.model_options:
@@ -181,24 +220,19 @@ class GenerateScreen(ListsCheckpoints, Screen):
         values = [v for _, v in options]
         select.value = current if current in values else values[0]
 
-    def _load_model(self, name: str) -> tuple[torch.nn.Module, str]:
-        """(model, tokenizer name) for a checkpoint or the running training (a fresh snapshot)."""
+    def _check_training_entry(self) -> None:
+        """Relabel the training entry when the run pauses, resumes or ends (or appears), so it never
+        speaks of a run that is over; not while the list is open under the user's eyes."""
+        entry = training_entry(self.app.state.session)
+        shown = next((label for label, value in self.model_options if value == TRAINING), None)
+        if entry != shown and not self.query_one("#model", Select).expanded:
+            self._set_model_options()
+
+    def _load_model(self, name: str, index: int) -> tuple[torch.nn.Module, str]:
+        """(model, tokenizer name) for a checkpoint or the running training (a fresh snapshot, whose
+        step turn ``index`` is told with a :class:`SnapshotTaken`)."""
         if name == TRAINING:
-            session = self.app.state.session
-            trainer = session.trainer
-            if trainer is None or trainer.model is None:
-                raise GPTTUIError("No training run has a model yet.")
-            weights = None
-            if session.running and session.control is not None and not session.control.paused:
-                try:
-                    _, weights = session.control.request_snapshot().result(timeout=300)
-                except (FutureTimeout, CancelledError):
-                    weights = None
-            if weights is None:  # paused or finished: the weights are not moving
-                weights = {k: v.detach().to("cpu", copy=True) for k, v in trainer.model.state_dict().items()}
-            model = GPTModel(trainer.model_config)
-            model.load_state_dict(weights)
-            return model.to(pick_device("auto")).eval(), trainer.tokenizer.name
+            return self._training_snapshot(index)
         # Keyed by the weights file's identity: a checkpoint saved again (training continued under
         # the same name) is loaded again, not served stale from the cache.
         try:
@@ -211,6 +245,34 @@ class GenerateScreen(ListsCheckpoints, Screen):
             self._models = {k: v for k, v in self._models.items() if k[0] != name}
             self._models[key] = (loaded.model, tokenizer_for(loaded.typed))
         return self._models[key]
+
+    def _training_snapshot(self, index: int) -> tuple[torch.nn.Module, str]:
+        """A copy of the training run's weights, taken by the trainer between two steps while it runs
+        (its step read by the trainer's thread as it hands them over), else copied here."""
+        session = self.app.state.session
+        trainer = session.trainer
+        if trainer is None or trainer.model is None:
+            raise GPTTUIError("No training run has a model yet.")
+        weights, steps = None, []
+        if session.running and session.control is not None and not session.control.paused:
+            future = session.control.request_snapshot()
+            future.add_done_callback(lambda f: steps.append(trainer.pos.step))
+            try:
+                _, weights = future.result(timeout=300)
+            except (FutureTimeout, CancelledError):
+                weights = None
+        if weights is None:  # paused or finished: the weights are not moving
+            steps = [trainer.pos.step]
+            weights = {k: v.detach().to("cpu", copy=True) for k, v in trainer.model.state_dict().items()}
+        self.post_message(SnapshotTaken(index, steps[0]))
+        model = GPTModel(trainer.model_config)
+        model.load_state_dict(weights)
+        return model.to(pick_device("auto")).eval(), trainer.tokenizer.name
+
+    def on_snapshot_taken(self, message: SnapshotTaken) -> None:
+        if message.turn < len(self.turns):
+            self.turns[message.turn].model = f"run {self.app.state.session.label} @ step {message.step:,}"
+            self.views[message.turn].show()
 
     # -- sampling settings
     @on(Select.Changed, "#sampling-preset")
@@ -259,7 +321,8 @@ class GenerateScreen(ListsCheckpoints, Screen):
         prompt_input.remember(prompt)
         prompt_input.value = ""
         model_label = next((lbl for lbl, v in self.model_options if v == name), name)
-        turn = Turn(prompt, str(model_label).split(" (")[0])
+        label = f"run {self.app.state.session.label}" if name == TRAINING else str(model_label).split(" (")[0]
+        turn = Turn(prompt, label)
         self.turns.append(turn)
         view = TurnView(turn, len(self.turns) - 1)
         view.colour = self.query_one("#colour", Checkbox).value
@@ -268,6 +331,7 @@ class GenerateScreen(ListsCheckpoints, Screen):
         chat.mount(view)
         view.show()
         self._follow(chat)
+        self._show_details(None)
         self.generating = True
         self._sync_buttons()
         self._generation = self.run_generation(len(self.turns) - 1, name, prompt, cfg)
@@ -278,7 +342,7 @@ class GenerateScreen(ListsCheckpoints, Screen):
         checks before every token."""
         cancel = get_current_worker().cancelled_event
         try:
-            model, tokenizer_name = self._load_model(name)
+            model, tokenizer_name = self._load_model(name, index)
             tokenizer = get_tokenizer(tokenizer_name)
             s = stream(model, tokenizer, prompt, cfg, cancel=cancel, details=True)
             batch: list[TokenEvent] = []
@@ -331,12 +395,22 @@ class GenerateScreen(ListsCheckpoints, Screen):
         if self.generating and self._generation is not None:
             self._generation.cancel()
 
+    def action_escape(self) -> None:
+        """Escape stops a generation; with none going, it takes you back to the prompt."""
+        if self.generating:
+            self.action_stop()
+        else:
+            self.action_focus_prompt()
+
+    def action_focus_prompt(self) -> None:
+        self.query_one("#prompt", PromptInput).focus()
+
     def action_clear(self) -> None:
         if self.generating and self._generation is not None:
             self._generation.cancel()
         self.turns, self.views = [], []
         self.query_one("#chat", VerticalScroll).remove_children()
-        self.query_one("#token-details", Static).update("")
+        self._show_details(None)
 
     def action_copy(self) -> None:
         if not self.turns:
@@ -350,6 +424,7 @@ class GenerateScreen(ListsCheckpoints, Screen):
         for view in self.views:
             view.colour = event.value
             view.show()
+        self.query_one("#token-panel").display = event.value
 
     def action_toggle_colour(self) -> None:
         box = self.query_one("#colour", Checkbox)
@@ -365,9 +440,13 @@ class GenerateScreen(ListsCheckpoints, Screen):
         if not view.colour:
             self.query_one("#colour", Checkbox).value = True
         pos = tokens.index(view.selected) if view.selected in tokens else (len(tokens) if delta < 0 else -1)
-        view.selected = tokens[max(0, min(len(tokens) - 1, pos + delta))]
+        pos = max(0, min(len(tokens) - 1, pos + delta))
+        view.selected = tokens[pos]
         view.show()
-        self.show_token(view.turn.tokens[view.selected])
+        self._show_details(token_details(view.turn.tokens[view.selected], f"token {pos + 1} of {len(tokens)}"))
 
-    def show_token(self, tok: TokenEvent) -> None:
-        self.query_one("#token-details", Static).update(token_details(tok))
+    def _show_details(self, details: Text | None) -> None:
+        """The selected token's numbers under the chat (None: no token selected, the keys that pick one)."""
+        widget = self.query_one("#token-details", Static)
+        widget.update(details if details is not None else INSPECTOR_HINT)
+        widget.set_class(details is None, "hint")
