@@ -7,11 +7,11 @@ import json
 import sys
 import time
 
+from gpttui.core.printable import escape_controls
 from gpttui.core.units import format_bytes, format_duration
 
-
-
 EXIT_ERROR = 2  # bad input: the message says what to change
+
 
 class Out:
     """Writes to stdout, and stops writing (without failing the run) once the terminal is gone,
@@ -59,8 +59,8 @@ class EventPrinter:
             extra = f", {last.tokens_per_sec:,.0f} tok/s, ETA {format_duration(last.eta)}" if last else ""
             out(f"Ep {event.epoch} (Step {event.step:06d}): Train loss {event.train_loss:.3f}, "
                 f"Val loss {event.val_loss:.3f}{extra}")
-        elif isinstance(event, ev.SampleEvent):
-            out(event.text.replace("\n", " "))
+        elif isinstance(event, ev.SampleEvent):  # the book's line, control characters shown as symbols
+            out(escape_controls(event.text.replace("\n", " ")))
         elif isinstance(event, ev.CheckpointEvent):
             out(f"Saved checkpoint {event.name!r} at step {event.step} -> {event.path}")
         elif isinstance(event, ev.StateEvent):

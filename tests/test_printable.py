@@ -112,3 +112,11 @@ def test_cli_says_when_the_reply_is_only_whitespace(capsys):
     captured = capsys.readouterr()
     assert captured.out == "Hi\n\n\n\n"
     assert "(the model replied with whitespace only: 3 newlines)" in captured.err
+
+
+def test_training_samples_print_control_characters_as_symbols(capsys):
+    from gpttui.cli_output import EventPrinter, Out
+    from gpttui.core.events import SampleEvent
+
+    EventPrinter(Out(), as_json=False)(SampleEvent(5, 1, "Every", "Every\x1b[2J effort\nmoves\x07"))
+    assert capsys.readouterr().out == "Every\u241b[2J effort moves\u2407\n"
