@@ -203,11 +203,12 @@ async def test_a_refused_book_import_keeps_the_dialog_with_the_error_beside_head
         assert screen.selected == "mine" and "Imported" in plain(screen.query_one("#ckpt-status", Static))
 
 
-async def test_a_tokenizer_folder_without_the_files_keeps_the_dialog(tmp_path):
+async def test_tokenizer_and_export_dialogs_keep_a_refused_path(tmp_path):
+    save("tiny")
     app = create_app(settings=SMALL)
     async with app.run_test(size=(120, 40)) as pilot:
         await open_screen(app, pilot)
-        dialog = await fill(app, pilot, "k", path=str(tmp_path))
+        dialog = await fill(app, pilot, "k", path=str(tmp_path))  # a folder without encoder.json, vocab.bpe
         await press_import(app, pilot, dialog)
         assert app.screen is dialog
         assert "is missing" in field_error(dialog, "path")
@@ -215,6 +216,17 @@ async def test_a_tokenizer_folder_without_the_files_keeps_the_dialog(tmp_path):
         await pilot.press("escape")
         await pilot.pause()
         assert isinstance(app.screen, CheckpointsScreen)
+
+        await pilot.press("e")  # export into a folder that does not exist: said in the dialog, not after
+        await pilot.pause()
+        export = app.screen
+        target = str(tmp_path / "no-such-folder" / "model.pth")
+        export.query_one("#export-path", Input).value = target
+        export.query_one("#export-path", Input).focus()
+        await pilot.press("enter")
+        await settle(app, pilot)
+        assert app.screen is export and "does not exist" in plain(export.query_one(".dialog-error", Static))
+        assert export.query_one("#export-path", Input).value == target
 
 
 def test_engine_words_become_the_fields_words():

@@ -269,6 +269,11 @@ class ExportDialog(CheckpointDialog):
         if path.is_dir():
             path = path / (interop.BOOK_MODEL_AND_OPTIMIZER_FILE if with_optimizer else interop.BOOK_MODEL_FILE)
         key = f"{text}\0{with_optimizer}"
+        try:  # where the engine would refuse to write (no such folder, inside the checkpoints folder): said here
+            interop.export_target(text, with_optimizer, force=True)
+        except GPTTUIError as exc:
+            self.show_error(str(exc))
+            return
         if path.is_file() and self._overwrite_ok != key:
             self._overwrite_ok = key
             self.show_error(f"{path} exists; press Export again to replace it.")
