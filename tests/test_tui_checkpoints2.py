@@ -279,6 +279,7 @@ async def test_an_offline_download_error_is_shown_whole_until_dismissed(tmp_path
         await pilot.press("escape")
         await pilot.pause()
         assert panel.has_class("hidden") and not screen.query_one("#ckpt-details").has_class("hidden")
+        assert not plain(screen.query_one("#ckpt-status", Static)).strip()  # nothing stale left behind
         assert dialog is not app.screen
 
         # shown again by a second failure, gone after the next success (a rename)
@@ -294,6 +295,7 @@ async def test_an_offline_download_error_is_shown_whole_until_dismissed(tmp_path
         await pilot.press("enter")
         await settle(app, pilot)
         assert app.screen is screen and panel.has_class("hidden")
+        assert "Renamed 'keep' to 'kept'" in plain(screen.query_one("#ckpt-status", Static))
         assert checkpoints.checkpoint_exists("kept")
 
 

@@ -11,6 +11,7 @@ import datetime as _dt
 from dataclasses import dataclass
 from typing import Any
 
+from rich.cells import cell_len
 from rich.text import Text
 
 from gpttui.core import checkpoints
@@ -129,7 +130,7 @@ def cell_forms(info: checkpoints.CheckpointInfo, now: _dt.datetime | None = None
 
 
 def _width(cell: Cell) -> int:
-    return Text(cell).cell_len if isinstance(cell, str) else cell.cell_len
+    return cell_len(cell) if isinstance(cell, str) else cell.cell_len
 
 
 def fit(rows: list[Forms], width: int, problem_column: bool) -> Layout:
@@ -138,11 +139,11 @@ def fit(rows: list[Forms], width: int, problem_column: bool) -> Layout:
     keys = [c.key for c in COLUMNS if c.key != "problem" or problem_column]
     caps = {c.key: c.cap for c in COLUMNS}
     compact: set[str] = set()
+    widest = {c.key: tuple(max([_width(c.label)] + [_width(r[c.key][form]) for r in rows]) for form in (0, 1))
+              for c in COLUMNS if c.key in keys}  # measured once: a few hundred rows stay quick
 
     def natural(key: str) -> int:
-        column = next(c for c in COLUMNS if c.key == key)
-        form = 1 if key in compact else 0
-        return max([_width(column.label)] + [_width(r[key][form]) for r in rows])
+        return widest[key][1 if key in compact else 0]
 
     def widths() -> dict[str, int]:
         out = {}

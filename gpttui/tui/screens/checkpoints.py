@@ -291,11 +291,11 @@ class CheckpointsScreen(ListsCheckpoints, Screen):
         long = severity == "error" and ("\n" in text.strip() or len(text) > 200)
         line = text.strip().splitlines()[0] if long else text
         body = escape(mark + (f"{title or 'Failed'}: the message is below (Esc closes it)." if long else text))
+        if severity == "success":
+            self.action_close_message()
         self.query_one("#ckpt-status", Static).update(f"[{colour}]{body}[/]" if colour else body)
         if long:
             self.show_message(text.strip(), title or "Error")
-        elif severity == "success":
-            self.action_close_message()
         if notify:
             self.app.notify(line, title=title, timeout=10 if severity == "error" else 5,
                             severity="information" if severity == "success" else severity)
@@ -315,6 +315,7 @@ class CheckpointsScreen(ListsCheckpoints, Screen):
     def action_close_message(self) -> None:
         if self._message:
             self._message = ""
+            self.query_one("#ckpt-status", Static).update("")  # it pointed at the message
             self.query_one("#ckpt-message").add_class("hidden")
             self.query_one("#ckpt-details").remove_class("hidden")
             self.refresh_bindings()
