@@ -289,6 +289,8 @@ class ImportDialog(CheckpointDialog):
     it is long, its progress is on the screen, and its errors are about the network, not the form.
     Without ``start`` the dialog dismisses with the :class:`ImportRequest`."""
 
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (32, "-tall")]  # 24 lines: the form without blank lines
+
     def __init__(self, kind: str = "book", start: Callable[[ImportRequest, "ImportDialog"], str | None] | None = None,
                  cancel: Callable[[], None] | None = None) -> None:
         super().__init__()
