@@ -5,6 +5,7 @@ dismissed, and `gpttui checkpoints show` for people (`--json` for scripts)."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import re
@@ -16,6 +17,7 @@ from gpttui.cli import main as cli_main
 from gpttui.core import checkpoints, interop, paths
 from gpttui.core.config import GPTConfig
 from gpttui.core.data import DataSettings
+from gpttui.core.gpt2_sources import raise_if_cancelled
 from gpttui.core.model import GPTModel
 from gpttui.tui import ckpt_table
 from gpttui.tui.app import create_app
@@ -329,3 +331,46 @@ def test_checkpoints_show_of_a_broken_one_says_what_is_wrong(capsys, broken_text
     assert cli_main(["checkpoints", "show", "bad"]) == 0
     out = capsys.readouterr().out
     assert "error" in out and "not valid JSON" in out and str(folder) in out
+
+
+async def test_the_dialog_shows_the_import_running_and_escape_cancels_it(tmp_path):
+    """While the screen runs the dialog's import, the dialog shows its stage and locks the form; Escape
+    cancels the job (the engine's cancel event) and closes the dialog; nothing is saved."""
+    book = tmp_path / "model.pth"
+    book.write_bytes(b"\0")  # the form only checks that the file exists; the job below never reads it
+    app = create_app(settings=SMALL)
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await open_screen(app, pilot)
+
+        def start(request, dialog):  # the screen's own hand-off, with a job that waits to be cancelled
+            def job(progress, cancel, stage):
+                stage("Reading model.pth")
+                cancel.wait(30)
+                raise_if_cancelled(cancel)  # as the engine does at its checks
+                return "imported", None
+            screen.start_job("Import model.pth", job)
+            screen._job_dialog = dialog
+
+        dialog = ImportDialog("book", start=start, cancel=screen.action_cancel_job)
+        await app.push_screen(dialog)
+        dialog.query_one("#import-path", Input).value = str(book)
+        await pilot.pause()
+        await press_import_no_wait(pilot, dialog)
+        stage = dialog.query_one("#import-job-stage")
+        deadline = asyncio.get_running_loop().time() + 10
+        while "Reading model.pth" not in str(stage.render()):
+            assert asyncio.get_running_loop().time() < deadline, str(stage.render())
+            await pilot.pause()
+        assert dialog.busy and not dialog.query_one("#import-job").has_class("hidden")
+        assert dialog.query_one("#import-path", Input).disabled and dialog.query_one("#ok").disabled
+        await pilot.press("escape")
+        await settle(app, pilot)
+        assert app.screen is screen and not screen.job_running
+        assert "cancelled" in plain(screen.query_one("#ckpt-status", Static)).lower()
+        assert not checkpoints.checkpoint_exists("model")
+
+
+async def press_import_no_wait(pilot, dialog: ImportDialog) -> None:
+    """Enter in the form, without waiting for the job it starts."""
+    dialog.query_one("#import-path", Input).focus()
+    await pilot.press("enter")
