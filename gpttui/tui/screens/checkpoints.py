@@ -285,7 +285,7 @@ class CheckpointsScreen(ListsCheckpoints, Screen):
                    title: str | None = None) -> None:
         """One line under the buttons (and a toast). An error of more than one line (a download's, with its
         URLs and what to do offline) is shown whole in the message panel instead, until Esc or the next
-        success; the status line then keeps its first line."""
+        success; the status line then points at it (and the toast has its first line)."""
         colour = {"error": "$error", "warning": "$warning", "success": "$success"}.get(severity)
         mark = {"error": "✗ ", "warning": "! ", "success": "✓ "}.get(severity, "")
         long = severity == "error" and ("\n" in text.strip() or len(text) > 200)
