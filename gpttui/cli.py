@@ -315,11 +315,15 @@ def cmd_ckpt_list(args: argparse.Namespace) -> int:
 def cmd_ckpt_show(args: argparse.Namespace) -> int:
     from gpttui.core import checkpoints
 
+    from gpttui.cli_show import checkpoint_lines
+
     info = checkpoints.show(args.name)
+    out = Out()
     if args.json:
-        Out()(json.dumps(info, default=str))
+        out(json.dumps(info, default=str))
     else:
-        Out()(json.dumps(info, indent=2, default=str))
+        for line in checkpoint_lines(info):
+            out(line)
     return 0
 
 
@@ -529,9 +533,9 @@ def _add_checkpoints_parser(sub) -> None:
     q = csub.add_parser("list")
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=cmd_ckpt_list)
-    q = csub.add_parser("show")
+    q = csub.add_parser("show", help="a checkpoint's model, progress, data, size and path")
     q.add_argument("name")
-    q.add_argument("--json", action="store_true")
+    q.add_argument("--json", action="store_true", help="the whole record as one JSON object")
     q.set_defaults(func=cmd_ckpt_show)
     q = csub.add_parser("rename")
     q.add_argument("old")

@@ -14,7 +14,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Button, Checkbox, Input, Label, Select, Static
+from textual.widgets import Button, Checkbox, Input, Label, ProgressBar, Select, Static
 
 from gpttui.core import checkpoints, interop
 from gpttui.core.errors import GPTTUIError
@@ -39,6 +39,48 @@ IMPORT_HELP = {
     "tokenizer": "Copies OpenAI's encoder.json and vocab.bpe (checked by sha256) into gpttui's data folder, "
                  "so the gpt2 tokenizer works offline.",
 }
+
+
+# The engine's names for a model's settings, and the words of the app's fields for them: an engine
+# message shown in a dialog speaks of the fields the user sees. Longer phrases first.
+UI_WORDS: tuple[tuple[str, str], ...] = (
+    (r"give n_heads \(or the whole model config\)", "give Heads"),
+    (r"use --tokenizer (\w+)", r"choose Tokenizer \1"),
+    (r"use --allow-nonfinite \(allow_nonfinite=True\)",
+     "use the command line: gpttui checkpoints import --allow-nonfinite"),
+    (r"\bn_heads\b", "Heads"), (r"\bemb_dim\b", "Width"), (r"\bn_layers\b", "Layers"),
+    (r"\bcontext_length\b", "Context"), (r"\bvocab_size\b", "vocabulary size"),
+)
+IMPORT_FIELDS = ("path", "size", "name", "heads", "tokenizer")  # each has a row and an error line below it
+
+
+def in_ui_words(message: str) -> str:
+    """``message`` with the engine's setting names replaced by the labels of the app's fields."""
+    for pattern, words in UI_WORDS:
+        message = re.sub(pattern, words, message)
+    return message
+
+
+def error_field(kind: str, message: str) -> str:
+    """The import dialog's field an engine error is about ("" when it is about none: memory, disk)."""
+    text = message.lower()
+    if "already exists" in text and "checkpoint" in text:
+        return "name"
+    if kind == "book" and ("n_heads" in text or "attention heads" in text):
+        return "heads"
+    if kind == "book" and "tokenizer" in text and "vocabulary" in text:
+        return "tokenizer"
+    if any(s in text for s in ("not enough memory", "no space left", "could not write", "could not save")):
+        return ""
+    return "" if kind == "size" else "path"
+
+
+class FieldError(ValueError):
+    """What is wrong with one field of a dialog (``field`` names it; "" for the dialog as a whole)."""
+
+    def __init__(self, field: str, text: str) -> None:
+        super().__init__(text)
+        self.field = field
 
 
 @dataclass
@@ -129,7 +171,7 @@ class CheckpointDialog(ModalScreen):
 
     @on(Button.Pressed, "#cancel")
     def _cancel_pressed(self) -> None:
-        self.dismiss(None)
+        self.action_cancel()
 
 
 class RenameDialog(CheckpointDialog):
@@ -227,6 +269,11 @@ class ExportDialog(CheckpointDialog):
         if path.is_dir():
             path = path / (interop.BOOK_MODEL_AND_OPTIMIZER_FILE if with_optimizer else interop.BOOK_MODEL_FILE)
         key = f"{text}\0{with_optimizer}"
+        try:  # where the engine would refuse to write (no such folder, inside the checkpoints folder): said here
+            interop.export_target(text, with_optimizer, force=True)
+        except GPTTUIError as exc:
+            self.show_error(str(exc))
+            return
         if path.is_file() and self._overwrite_ok != key:
             self._overwrite_ok = key
             self.show_error(f"{path} exists; press Export again to replace it.")
@@ -235,12 +282,22 @@ class ExportDialog(CheckpointDialog):
 
 
 class ImportDialog(CheckpointDialog):
-    """What to import and as which name; checks what it can and dismisses with an :class:`ImportRequest`."""
+    """What to import and as which name. The form is checked here; then ``start(request, dialog)`` (the
+    screen) runs the import while the dialog stays open, showing its progress, until the screen closes it
+    on success or hands back an engine error (:meth:`job_failed`), shown beside the field it is about, in the
+    fields' words, with everything typed still there. A download (GPT-2 by size) closes the dialog at once:
+    it is long, its progress is on the screen, and its errors are about the network, not the form.
+    Without ``start`` the dialog dismisses with the :class:`ImportRequest`."""
 
-    def __init__(self, kind: str = "book") -> None:
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (32, "-tall")]  # 24 lines: the form without blank lines
+
+    def __init__(self, kind: str = "book", start: Callable[[ImportRequest, "ImportDialog"], str | None] | None = None,
+                 cancel: Callable[[], None] | None = None) -> None:
         super().__init__()
         self.kind = kind if kind in IMPORT_KINDS else "book"
         self._auto_name = ""
+        self._start, self._cancel_job = start, cancel
+        self.busy = False
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog ckpt-dialog", id="import-dialog"):
@@ -250,22 +307,30 @@ class ImportDialog(CheckpointDialog):
             with Horizontal(classes="dialog-field", id="import-path-row"):
                 yield Label("Path", classes="dialog-label")
                 yield Input("", id="import-path", placeholder="a file or folder", compact=True)
+            yield Static("", id="import-path-error", classes="field-error hidden")
             with Horizontal(classes="dialog-field", id="import-size-row"):
                 yield Label("Size", classes="dialog-label")
                 yield Select([(f"{s} ({GPT2_SIZE_NOTES[s]})", s) for s in GPT2_SIZES], value="gpt2-small",
                              allow_blank=False, id="import-size", compact=True)
+            yield Static("", id="import-size-error", classes="field-error hidden")
             with Horizontal(classes="dialog-field", id="import-name-row"):
                 yield Label("Save as", classes="dialog-label")
                 yield Input("", id="import-name", placeholder="checkpoint name", compact=True)
+            yield Static("", id="import-name-error", classes="field-error hidden")
             with Horizontal(classes="dialog-field", id="import-heads-row"):
                 yield Label("Heads", classes="dialog-label")
                 yield Input("", id="import-heads", compact=True,
                             placeholder="empty: GPT-2's for widths 768, 1024, 1280, 1600")
+            yield Static("", id="import-heads-error", classes="field-error hidden")
             with Horizontal(classes="dialog-field", id="import-tokenizer-row"):
                 yield Label("Tokenizer", classes="dialog-label")
                 yield Select([("auto (from the vocabulary size)", "auto"), ("gpt2", "gpt2"), ("bytes", "bytes")],
                              value="auto", allow_blank=False, id="import-tokenizer", compact=True)
+            yield Static("", id="import-tokenizer-error", classes="field-error hidden")
             yield Static("", id="import-help", classes="dialog-help")
+            with Horizontal(id="import-job", classes="hidden"):
+                yield Label("", id="import-job-stage")
+                yield ProgressBar(id="import-job-progress", show_eta=False)
             yield Static("", classes="dialog-error hidden")
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Import", id="ok", variant="primary")
@@ -289,6 +354,25 @@ class ImportDialog(CheckpointDialog):
         if kind == "size":
             self._suggest_name(str(self.query_one("#import-size", Select).value))
         (path if kind != "size" else self.query_one("#import-size")).focus()
+
+    # -- errors beside their fields
+    def show_error(self, text: str, field: str = "") -> None:
+        """``text`` below ``field``'s row (when that row is shown), else at the foot of the dialog."""
+        self.clear_error()
+        if field in IMPORT_FIELDS and not self.query_one(f"#import-{field}-row").has_class("hidden"):
+            error = self.query_one(f"#import-{field}-error", Static)
+            error.update(f"[$error]✗ {escape(text)}[/]")
+            error.remove_class("hidden")
+            self.query_one(f"#import-{field}-row").add_class("-invalid")
+            self.query_one(f"#import-{field}").focus()
+        else:
+            super().show_error(text)
+
+    def clear_error(self) -> None:
+        super().clear_error()
+        for field in IMPORT_FIELDS:
+            self.query_one(f"#import-{field}-error").add_class("hidden")
+            self.query_one(f"#import-{field}-row").remove_class("-invalid")
 
     def _suggest_name(self, name: str) -> None:
         field = self.query_one("#import-name", Input)
@@ -315,15 +399,58 @@ class ImportDialog(CheckpointDialog):
     @on(Input.Submitted)
     @on(Button.Pressed, "#ok")
     def _submit(self) -> None:
+        if self.busy:
+            return
         try:
             request = self.read_request()
-        except ValueError as exc:
-            self.show_error(str(exc))
+        except FieldError as exc:
+            self.show_error(str(exc), exc.field)
             return
-        self.dismiss(request)
+        if self._start is None:
+            self.dismiss(request)
+            return
+        self.clear_error()
+        refused = self._start(request, self)
+        if refused:
+            self.show_error(refused)
+        elif request.kind == "size":
+            self.dismiss(None)
+        else:
+            self._set_busy(True)
+
+    # -- while the screen runs the import
+    def _set_busy(self, busy: bool) -> None:
+        self.busy = busy
+        for widget in self.query("Input, Select, #ok"):
+            widget.disabled = busy
+        self.query_one("#import-job").set_class(not busy, "hidden")
+        self.query_one("#cancel", Button).label = "Cancel import" if busy else "Cancel"
+        if busy:
+            self.query_one("#import-job-stage", Label).update("Starting…")
+            self.query_one("#import-job-progress", ProgressBar).update(total=None, progress=0)
+            self.query_one("#cancel", Button).focus()
+
+    def job_stage(self, text: str) -> None:
+        if self.busy:
+            self.query_one("#import-job-stage", Label).update(text)
+            self.query_one("#import-job-progress", ProgressBar).update(total=None, progress=0)
+
+    def job_progress(self, done: int, total: int) -> None:
+        if self.busy:
+            self.query_one("#import-job-progress", ProgressBar).update(total=max(total, 1), progress=done)
+
+    def job_failed(self, message: str) -> None:
+        """The engine refused the import: the form comes back as it was, the error beside its field."""
+        self._set_busy(False)
+        self.show_error(in_ui_words(message), error_field(self.kind, message))
+
+    def action_cancel(self) -> None:
+        if self.busy and self._cancel_job is not None:
+            self._cancel_job()
+        self.dismiss(None)
 
     def read_request(self) -> ImportRequest:
-        """The request in the form; ValueError with what is wrong (shown in the dialog)."""
+        """The request in the form; :class:`FieldError` with what is wrong, and where."""
         kind = self.kind
         request = ImportRequest(kind)
         if kind == "size":
@@ -331,34 +458,33 @@ class ImportDialog(CheckpointDialog):
         else:
             text = self.query_one("#import-path", Input).value.strip()
             if not text:
-                raise ValueError("Give a path.")
+                raise FieldError("path", "Give a path.")
             path = Path(text).expanduser()
             if not path.exists():
-                raise ValueError(f"{path} does not exist.")
+                raise FieldError("path", f"{path} does not exist.")
             if kind == "book" and not path.is_file():
-                raise ValueError(f"{path} is not a file: give the .pth file the book's code saved.")
+                raise FieldError("path", f"{path} is not a file: give the .pth file the book's code saved.")
             if kind == "tokenizer" and not path.is_dir():
-                raise ValueError(f"{path} is not a folder: give the folder holding encoder.json and vocab.bpe.")
+                raise FieldError("path", f"{path} is not a folder: give the folder holding encoder.json and "
+                                         "vocab.bpe.")
             request.path = str(path)
         if kind != "tokenizer":
             name = self.query_one("#import-name", Input).value.strip()
             if not name:
-                raise ValueError("Give the checkpoint a name.")
+                raise FieldError("name", "Give the checkpoint a name.")
             try:
                 checkpoints.validate_name(name)
                 exists = checkpoints.checkpoint_exists(name)
             except GPTTUIError as exc:
-                raise ValueError(str(exc)) from None
+                raise FieldError("name", str(exc)) from None
             if exists:
-                raise ValueError(f"Checkpoint {name!r} already exists; choose another name.")
+                raise FieldError("name", f"Checkpoint {name!r} already exists; choose another name.")
             request.name = name
         if kind == "book":
             heads = self.query_one("#import-heads", Input).value.strip()
             if heads:
                 if not heads.isdigit() or int(heads) < 1:
-                    raise ValueError(f"Heads must be a positive whole number, not {heads!r}.")
+                    raise FieldError("heads", f"Heads must be a positive whole number, not {heads!r}.")
                 request.heads = int(heads)
             request.tokenizer = str(self.query_one("#import-tokenizer", Select).value)
         return request
-
-

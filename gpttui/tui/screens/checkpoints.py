@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from rich.markup import escape
-from textual import on, work
+from textual import events, on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
@@ -23,14 +23,15 @@ from textual.widgets import Button, DataTable, Footer, Header, Label, ProgressBa
 from textual.widgets.data_table import CellDoesNotExist
 from textual.worker import Worker, get_current_worker
 
-from gpttui.core import checkpoints, interop
+from gpttui.core import checkpoints
 from gpttui.core.errors import GPTTUIError
 from gpttui.core.units import format_bytes as human_bytes
+from gpttui.tui import ckpt_jobs, ckpt_table
 from gpttui.tui.listing import ListsCheckpoints
 from gpttui.tui.dialogs import ConfirmDialog, ExportDialog, ImportDialog, ImportRequest, RenameDialog
 from gpttui.tui.messages import (CheckpointDeleted, CheckpointsListed, JobDone, JobFailed, JobProgress, JobStage,
                                  LossCurve)
-from gpttui.tui.render import COLUMNS, details_renderable, row_cells, shorten
+from gpttui.tui.render import details_renderable, shorten
 from gpttui.tui.widgets import MetricChart
 
 JOB_GROUP = "import"  # imports and exports: one at a time, in a thread
@@ -53,6 +54,8 @@ class CheckpointsScreen(ListsCheckpoints, Screen):
         Binding("w", "import('size')", "Download GPT-2", show=False),
         Binding("k", "import('tokenizer')", "Tokenizer files", show=False),
         Binding("ctrl+r", "refresh", "Refresh", show=False),
+        Binding("escape", "close_message", "Close message", show=False),
+        Binding("c", "copy_message", "Copy message", show=False),
     ]
 
     def compose(self) -> ComposeResult:
@@ -76,6 +79,13 @@ class CheckpointsScreen(ListsCheckpoints, Screen):
                 yield ProgressBar(id="ckpt-job-progress", show_eta=False)
                 yield Button("Cancel", id="ckpt-job-cancel", variant="warning", compact=True)
             yield Static("", id="ckpt-status")
+            with Vertical(id="ckpt-message", classes="panel hidden"):
+                with Horizontal(id="ckpt-message-bar"):
+                    yield Label("", id="ckpt-message-hint")
+                    yield Button("Copy c", id="ckpt-message-copy", compact=True)
+                    yield Button("Close Esc", id="ckpt-message-close", compact=True)
+                with VerticalScroll(id="ckpt-message-scroll"):
+                    yield Static("", id="ckpt-message-text")
             with Horizontal(id="ckpt-details", classes="panel"):
                 with VerticalScroll(id="ckpt-meta-scroll"):
                     yield Static("", id="ckpt-meta")
@@ -85,6 +95,11 @@ class CheckpointsScreen(ListsCheckpoints, Screen):
     def on_mount(self) -> None:
         self.infos: dict[str, checkpoints.CheckpointInfo] = {}
         self._rows: dict[str, list] = {}  # the table's cells by checkpoint name, as shown
+        self._forms: dict[str, ckpt_table.Forms] = {}  # every cell's full and compact form, by name
+        self._layout: ckpt_table.Layout | None = None  # the columns shown, fitted to the table's width
+        self._broken = False  # some checkpoint is broken: the table may show a Problem column
+        self._job_dialog: ImportDialog | None = None  # the import dialog waiting on the running job
+        self._message = ""  # the long message shown in the message panel ("" when none)
         self._select: str | None = None  # the row to highlight when the next listing arrives
         self._job: Worker | None = None
         self._job_title = ""
@@ -141,14 +156,15 @@ class CheckpointsScreen(ListsCheckpoints, Screen):
         """Show ``infos`` touching only what changed: rows that came are added (then the table is
         sorted newest first), rows that went are removed, changed cells are updated in place (a run
         saving again changes one row). Rebuilding, which measures every cell of a few hundred rows on
-        the UI thread, happens only when the Problem column comes or goes."""
-        broken = any(not i.ok for i in infos)
-        rows = {i.name: row_cells(i, broken) for i in infos}
-        if not table.columns or broken != ("problem" in table.columns):
-            self._fill_table(table, rows, broken)
-            self._rows = rows
+        the UI thread, happens only when the columns change (their fit to the width, or the Problem
+        column coming or going)."""
+        self._forms = {i.name: ckpt_table.cell_forms(i) for i in infos}
+        self._broken = any(not i.ok for i in infos)
+        layout = self._fit(table)
+        rows = {name: ckpt_table.row(forms, layout) for name, forms in self._forms.items()}
+        if layout != self._layout:
+            self._fill_table(table, rows, layout)
             return
-        keys = [key for _, key in COLUMNS] + (["problem"] if broken else [])
         for name in set(self._rows) - set(rows):
             table.remove_row(name)
         added = [name for name in rows if name not in self._rows]
@@ -156,7 +172,7 @@ class CheckpointsScreen(ListsCheckpoints, Screen):
             table.add_row(*rows[name], key=name)
         for name, cells in rows.items():
             if name in self._rows:
-                for key, old, new in zip(keys, self._rows[name], cells):
+                for key, old, new in zip(layout.keys, self._rows[name], cells):
                     if old != new:
                         table.update_cell(name, key, new)
         if added:
@@ -166,18 +182,39 @@ class CheckpointsScreen(ListsCheckpoints, Screen):
         else:
             self._rows = {name: rows[name] for name in self._rows if name in rows}  # the table's order
 
-    def _fill_table(self, table: DataTable, rows: dict[str, list], broken: bool) -> None:
-        table.clear()
-        if not table.columns:
-            for label, key in COLUMNS:
-                table.add_column(label, key=key)
-        has_problem = "problem" in table.columns
-        if broken and not has_problem:
-            table.add_column("Problem", key="problem")
-        elif has_problem and not broken:
-            table.remove_column("problem")
+    def _fit(self, table: DataTable) -> ckpt_table.Layout:
+        """The columns for the table's width now, less a vertical scrollbar's when the rows need one."""
+        width = table.scrollable_content_region.width + (table.scrollbar_size_vertical if table.show_vertical_scrollbar
+                                                         else 0)
+        if width <= 0:  # not laid out yet: the screen's width, less the padding around the table
+            width = self.app.size.width - 2
+        if len(self._forms) + 1 > table.size.height > 0:
+            width -= table.styles.scrollbar_size_vertical
+        return ckpt_table.fit(list(self._forms.values()), width, self._broken)
+
+    def _fill_table(self, table: DataTable, rows: dict[str, list], layout: ckpt_table.Layout) -> None:
+        keep = self.selected
+        table.clear(columns=True)
+        for key, label, width in layout.columns:
+            table.add_column(label, key=key, width=width)
         for name, cells in rows.items():
             table.add_row(*cells, key=name)
+        self._layout, self._rows = layout, rows
+        if keep in rows:
+            table.move_cursor(row=list(rows).index(keep), animate=False)
+
+    def on_resize(self, event: events.Resize) -> None:
+        self.call_after_refresh(self._refit)
+
+    def _refit(self) -> None:
+        """After a resize: the columns fitted to the new width (the rows keep their order)."""
+        table = self.query_one("#ckpt-table", DataTable)
+        if self._layout is None:
+            return
+        layout = self._fit(table)
+        if layout != self._layout:
+            order = list(self._rows)
+            self._fill_table(table, {n: ckpt_table.row(self._forms[n], layout) for n in order}, layout)
 
     def _watch_training(self) -> None:
         """Refresh when the running training saved a checkpoint (the app counts its saves)."""
@@ -243,16 +280,57 @@ class CheckpointsScreen(ListsCheckpoints, Screen):
             if info is not None:
                 self.query_one("#ckpt-meta", Static).update(details_renderable(info, message.note))
 
-    # -- status
+    # -- status, and the message panel for what does not fit on its line
     def set_status(self, text: str, severity: str = "information", notify: bool = True,
                    title: str | None = None) -> None:
+        """One line under the buttons (and a toast). An error of more than one line (a download's, with its
+        URLs and what to do offline) is shown whole in the message panel instead, until Esc or the next
+        success; the status line then points at it (and the toast has its first line)."""
         colour = {"error": "$error", "warning": "$warning", "success": "$success"}.get(severity)
         mark = {"error": "✗ ", "warning": "! ", "success": "✓ "}.get(severity, "")
-        body = escape(mark + text)
+        long = severity == "error" and ("\n" in text.strip() or len(text) > 200)
+        line = text.strip().splitlines()[0] if long else text
+        body = escape(mark + (f"{title or 'Failed'}: the message is below (Esc closes it)." if long else text))
+        if severity == "success":
+            self.action_close_message()
         self.query_one("#ckpt-status", Static).update(f"[{colour}]{body}[/]" if colour else body)
+        if long:
+            self.show_message(text.strip(), title or "Error")
         if notify:
-            self.app.notify(text, title=title, timeout=10 if severity == "error" else 5,
+            self.app.notify(line, title=title, timeout=10 if severity == "error" else 5,
                             severity="information" if severity == "success" else severity)
+
+    def show_message(self, text: str, title: str) -> None:
+        """``text`` whole, wrapped and scrollable (selectable with the mouse), in place of the details pane."""
+        self._message = text
+        panel = self.query_one("#ckpt-message")
+        panel.border_title = title
+        self.query_one("#ckpt-message-text", Static).update(f"[$error]{escape(text)}[/]")
+        self.query_one("#ckpt-message-hint", Label).update("Select with the mouse, or copy it all:")
+        panel.remove_class("hidden")
+        self.query_one("#ckpt-details").add_class("hidden")
+        self.refresh_bindings()
+
+    @on(Button.Pressed, "#ckpt-message-close")
+    def action_close_message(self) -> None:
+        if self._message:
+            self._message = ""
+            self.query_one("#ckpt-status", Static).update("")  # it pointed at the message
+            self.query_one("#ckpt-message").add_class("hidden")
+            self.query_one("#ckpt-details").remove_class("hidden")
+            self.refresh_bindings()
+            self.query_one("#ckpt-table", DataTable).focus()
+
+    @on(Button.Pressed, "#ckpt-message-copy")
+    def action_copy_message(self) -> None:
+        if self._message:
+            self.app.copy_to_clipboard(self._message)
+            self.app.notify("The message is on the clipboard.", timeout=3)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in ("close_message", "copy_message"):
+            return bool(self._message)  # only while a message is shown (also in the palette)
+        return True
 
     def _need(self, ok_only: bool = False) -> checkpoints.CheckpointInfo | None:
         name = self.selected
@@ -379,16 +457,7 @@ class CheckpointsScreen(ListsCheckpoints, Screen):
         def answered(result: tuple[str, bool, bool] | None) -> None:
             if not result:
                 return
-            path, with_optimizer, force = result
-
-            def job(progress, cancel, stage) -> tuple[str, str | None]:
-                stage(f"Exporting {name!r}")
-                out = interop.export_book(name, path, with_optimizer=with_optimizer, force=force)
-                what = "model and optimizer" if with_optimizer else "model.state_dict()"
-                return (f"Exported {name!r} to {out} ({what}; load it with torch.load(..., weights_only=True) "
-                        "and the book's GPTModel.load_state_dict)."), None
-
-            self.start_job(f"Export {name}", job)
+            self.start_job(f"Export {name}", ckpt_jobs.export_job(name, *result))
 
         self.app.push_screen(ExportDialog(name, bool((info.meta or {}).get("has_optimizer"))), answered)
 
@@ -413,11 +482,16 @@ class CheckpointsScreen(ListsCheckpoints, Screen):
             self.set_status(f"{self._job_title} is still running; wait for it or cancel it.", "warning")
             return
 
-        def answered(request: ImportRequest | None) -> None:
-            if request is not None:
-                self.start_import(request)
+        self.app.push_screen(ImportDialog(kind, start=self._start_from_dialog, cancel=self.action_cancel_job))
 
-        self.app.push_screen(ImportDialog(kind), answered)
+    def _start_from_dialog(self, request: ImportRequest, dialog: ImportDialog) -> str | None:
+        """Start the dialog's import; the dialog waits for its end unless it is a download. Returns why
+        it cannot start, or None."""
+        if self.job_running:
+            return f"{self._job_title} is still running; wait for it or cancel it."
+        self.start_import(request)
+        self._job_dialog = dialog if request.kind != "size" else None
+        return None
 
     def action_refresh(self) -> None:
         self.refresh_table()
@@ -426,41 +500,7 @@ class CheckpointsScreen(ListsCheckpoints, Screen):
     # -- imports and exports, in a thread
     def start_import(self, request: ImportRequest) -> None:
         """Run an import (book file, HF folder, size download, tokenizer files) in the job thread."""
-        from gpttui.core import gpt2_import
-
-        name, path = request.name, request.path
-        if request.kind == "book":
-            def job(progress, cancel, stage):
-                stage(f"Reading {Path(path).name}")
-                tokenizer = None if request.tokenizer == "auto" else request.tokenizer  # None: from the vocabulary
-                imported = interop.read_book(path, n_heads=request.heads, tokenizer=tokenizer)
-                stage(f"Saving {name!r}")
-                checkpoints.save_checkpoint(name, imported.model, optimizer=imported.optimizer_state,
-                                            meta=imported.meta, overwrite=False)
-                return f"Imported {path} as {name!r} ({imported.meta['tokenizer']} tokenizer).", name
-            title = f"Import {Path(path).name}"
-        elif request.kind in ("hf", "size"):
-            source = path if request.kind == "hf" else request.size
-
-            def job(progress, cancel, stage):
-                result = gpt2_import.import_gpt2(source, name, progress=progress, cancel=cancel, on_stage=stage)
-                what = result.size or "GPT-2"
-                text = (f"Imported {what} ({result.parameter_count / 1e6:.1f}M parameters) from "
-                        f"{result.origin.get('repo_id') or result.origin.get('path') or source} as {name!r} "
-                        f"in {result.seconds:.1f} s.")
-                if result.notes:
-                    text += " " + " ".join(result.notes)
-                return text, name
-            title = f"Import {request.size}" if request.kind == "size" else f"Import {Path(path).name}"
-        else:
-            from gpttui.core import tokenizer as tokenizer_mod
-
-            def job(progress, cancel, stage):
-                stage("Checking encoder.json and vocab.bpe")
-                dest = tokenizer_mod.import_gpt2_files(path)
-                return f"GPT-2 tokenizer files copied to {dest}; the gpt2 tokenizer now works offline.", None
-            title = "Import tokenizer files"
-        self.start_job(title, job)
+        self.start_job(*ckpt_jobs.import_job(request))
 
     @property
     def job_running(self) -> bool:
@@ -483,8 +523,6 @@ class CheckpointsScreen(ListsCheckpoints, Screen):
     def run_job(self, job: Callable) -> None:
         """Run ``job(progress, cancel, stage)``; ``cancel`` is this worker's cancellation, which the
         engine checks (Cancel, or leaving the app, cancels the worker)."""
-        from gpttui.core.gpt2_import import ImportCancelled
-
         cancel = get_current_worker().cancelled_event
         last = [0.0]
 
@@ -499,47 +537,50 @@ class CheckpointsScreen(ListsCheckpoints, Screen):
         def stage(text: str) -> None:
             self.post_message(JobStage(text))
 
-        try:
-            message, select = job(progress, cancel, stage)
-        except ImportCancelled as exc:
-            self.post_message(JobFailed(str(exc), cancelled=True))
-        except GPTTUIError as exc:
-            self.post_message(JobFailed(str(exc)))
-        except MemoryError:
-            self.post_message(JobFailed("Not enough memory for this model."))
-        except Exception as exc:  # a disk error, a file torch cannot read...: a message, not a crash
-            self.post_message(JobFailed(f"{type(exc).__name__}: {exc}"))
-        else:
-            self.post_message(JobDone(message, select))
+        self.post_message(ckpt_jobs.outcome(job, progress, cancel, stage))
 
     @on(Button.Pressed, "#ckpt-job-cancel")
     def action_cancel_job(self) -> None:
+        self._job_dialog = None  # a dialog cancelling its import closes itself
         if self._job is not None:
             self._job.cancel()
             self.query_one("#ckpt-job-cancel", Button).disabled = True
             self.query_one("#ckpt-job-stage", Label).update("Cancelling…")
 
     def on_job_stage(self, message: JobStage) -> None:
+        if self._job_dialog is not None:
+            self._job_dialog.job_stage(message.text)
         if self.job_running:
             self.query_one("#ckpt-job-stage", Label).update(shorten(message.text, 60))
             self.query_one("#ckpt-job-progress", ProgressBar).update(total=None, progress=0)
 
     def on_job_progress(self, message: JobProgress) -> None:
+        if self._job_dialog is not None:
+            self._job_dialog.job_progress(message.done, message.total)
         if self.job_running:
             self.query_one("#ckpt-job-progress", ProgressBar).update(total=max(message.total, 1),
                                                                       progress=message.done)
 
-    def _job_over(self) -> None:
+    def _job_over(self) -> ImportDialog | None:
+        """The job is over: hide its bar; the import dialog that waited for it (if still open)."""
         self._job = None
         self.query_one("#ckpt-job").add_class("hidden")
+        dialog, self._job_dialog = self._job_dialog, None
+        return dialog if dialog is not None and dialog.is_attached and dialog.busy else None
 
     def on_job_done(self, message: JobDone) -> None:
-        self._job_over()
+        dialog = self._job_over()
+        if dialog is not None:
+            dialog.dismiss(None)
         self.refresh_table(select=message.select)
         self.set_status(message.message, "success", title=self._job_title)
 
     def on_job_failed(self, message: JobFailed) -> None:
-        self._job_over()
+        dialog = self._job_over()
         self.refresh_table()
+        if dialog is not None and not message.cancelled:  # the form is still open: the error goes beside its field
+            dialog.job_failed(message.message)
+            self.set_status(f"{self._job_title} failed; the import dialog says why.", "error", notify=False)
+            return
         self.set_status(message.message, "warning" if message.cancelled else "error",
                         title=f"{self._job_title} cancelled" if message.cancelled else f"{self._job_title} failed")
