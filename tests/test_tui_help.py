@@ -247,3 +247,11 @@ def test_finished_notification_reads_well():
 def test_key_labels():
     assert [key_label(k) for k in ("ctrl+left", "f6", "d", "question_mark", "escape", "ctrl+t", "space")] == \
         ["Ctrl+←", "F6", "d", "?", "Esc", "Ctrl+T", "Space"]
+
+
+def test_every_way_a_reply_ends_has_words():
+    from gpttui.core.generate import STOP_REASONS, stop_phrase
+
+    phrases = [stop_phrase(reason) for reason in STOP_REASONS]
+    assert len(set(phrases)) == len(STOP_REASONS) and all(p and "stopped by stop" not in p for p in phrases)
+    assert stop_phrase("stop") == "hit a stop string"

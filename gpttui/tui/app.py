@@ -24,7 +24,7 @@ from gpttui.tui.screens.train import TrainScreen
 from gpttui.tui.state import AppState
 
 
-class GPTTUIApp(App):
+class GPTTUIApp(App, inherit_bindings=False):  # Textual's two bindings follow F1 Help (footer order)
     CSS_PATH = "gpttui.tcss"
     TITLE = "gpttui"
     MODES = {"dataset": DatasetScreen, "train": TrainScreen, "generate": GenerateScreen,
@@ -39,6 +39,7 @@ class GPTTUIApp(App):
         Binding("f5", "switch_mode('checkpoints')", "Checkpoints", priority=True),
         Binding("f10", "switch_mode('runs')", "Runs", priority=True),
         Binding("ctrl+q", "quit", "Quit", priority=True),
+        Binding("ctrl+c", "help_quit", show=False, system=True),  # Textual's: "press ctrl+q to quit"
     ]
 
     def __init__(self, state: AppState | None = None) -> None:
