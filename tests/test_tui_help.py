@@ -4,11 +4,17 @@ finished notification, the line printed after "stop, save and quit"), driven thr
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import time
 
 from textual.command import CommandList, CommandPalette
 from textual.widgets import Input
 
 import test_tui as base  # a module, so that pytest does not collect its tests here a second time
+import test_faults
+import test_tui_exit as exit_tests
+from test_runs import wait_for
 from gpttui.core.train import EvalEvent, FinishedEvent
 from gpttui.tui.app import create_app, finished_text
 from gpttui.tui.dialogs import QuitScreen
@@ -17,6 +23,8 @@ from gpttui.tui.screens.help import HelpScreen, key_label, node_entries
 from tui_helpers import Messages, settle
 
 SMALL = base.SMALL
+corpus, zygote, apps = test_faults.corpus, exit_tests.zygote, exit_tests.apps  # fixtures, shared
+
 SCREEN_KEYS = ("f2", "f3", "f4", "f5", "f10")
 BUILTIN_LABEL = "Python reference topics (built in)"
 
@@ -255,3 +263,20 @@ def test_every_way_a_reply_ends_has_words():
     phrases = [stop_phrase(reason) for reason in STOP_REASONS]
     assert len(set(phrases)) == len(STOP_REASONS) and all(p and "stopped by stop" not in p for p in phrases)
     assert stop_phrase("stop") == "hit a stop string"
+
+
+def test_sigterm_mid_run_prints_where_the_run_saved(zygote, corpus, tmp_path, apps):
+    """The real app on a pty (tests/pty_app.py, as in test_tui_exit): after SIGTERM the run saves and,
+    the terminal restored, the app's last line names the checkpoint and its folder."""
+    app = exit_tests.PtyApp(zygote, corpus, "noted", tmp_path)
+    apps.append(app)
+    wait_for(app.training, "the run's step events", exit_tests.START_DEADLINE_S)
+    os.kill(app.pid, signal.SIGTERM)
+    app.wait_exit(time.monotonic())
+    app.finish_reading()
+    after = app.output[app.output.rfind(b"\x1b[?1049l"):].decode("utf-8", "replace")
+    assert "training interrupted at step" in after and "saved as checkpoint 'noted'" in after, after[-2000:]
+    from gpttui.core import paths
+
+    assert str(paths.checkpoints_dir() / "noted") in after.replace("\r\n", "").replace("\n", "")
+    app.close_terminal()

@@ -7,6 +7,7 @@ from typing import Iterable
 
 from textual.app import App, SystemCommand
 from textual.binding import Binding
+from textual.command import CommandPalette
 from textual.screen import Screen
 
 from gpttui.core import paths
@@ -47,6 +48,7 @@ class GPTTUIApp(App, inherit_bindings=False):  # Textual's two bindings follow F
         self.state = state or AppState()
         self.exit_guard: ExitGuard | None = None  # run_app's: SIGHUP/SIGTERM handling
         self.exit_note = ""  # printed by run_app once the terminal is back (where the run saved)
+        self.stopped_run = False  # the in-app run was stopped because the app is leaving
 
     def on_mount(self) -> None:
         self.run_worker(_warm_up_optimizer, thread=True, group="warm-up", exit_on_error=False)
@@ -58,7 +60,9 @@ class GPTTUIApp(App, inherit_bindings=False):  # Textual's two bindings follow F
 
     def _hang_up(self, sig: int) -> None:
         """On the app's loop, for SIGHUP/SIGTERM: the run stops at the end of its step and saves
-        (its final event says "interrupted"); the app leaves with status 128 + the signal."""
+        (its final event says "interrupted"); the app leaves with status 128 + the signal, and
+        run_app says where the run saved."""
+        self.stopped_run = self.stopped_run or self.state.session.running
         stop_for_exit(self.state.session)
         self.exit(return_code=128 + int(sig))
 
@@ -101,6 +105,8 @@ class GPTTUIApp(App, inherit_bindings=False):  # Textual's two bindings follow F
         if isinstance(self.screen, HelpScreen):
             self.screen.dismiss()
             return
+        if isinstance(self.screen, CommandPalette):
+            return  # its keys are Textual's own; the help is for the screen under it, once it closes
         self.push_screen(HelpScreen(self.screen, app_help_entries(self)))
 
     # -- quitting
@@ -204,11 +210,12 @@ def ending_note(session) -> str:
     history = session.history
     finished, failed = history.finished, history.failed
     if finished is not None:
+        how = {"completed": "finished", "interrupted": "interrupted"}.get(finished.reason, "stopped")
         if finished.checkpoint:
             folder = paths.checkpoints_dir() / finished.checkpoint
-            return (f"gpttui: training stopped at step {finished.step:,}; saved as checkpoint "
+            return (f"gpttui: training {how} at step {finished.step:,}; saved as checkpoint "
                     f"{finished.checkpoint!r} ({folder}).")
-        return f"gpttui: training stopped at step {finished.step:,}, not saved."
+        return f"gpttui: training {how} at step {finished.step:,}, not saved."
     if failed is not None:
         return f"gpttui: training failed: {failed.message}"
     return ""
@@ -247,6 +254,7 @@ def run_app(app: GPTTUIApp | None = None) -> int:
         # However the app ended (quit, a closed terminal, an error), a run still going finishes its
         # step and saves; a signal now only arms the watchdog, which waits for this save too.
         session = app.state.session
+        stopping = app.stopped_run or not session.done.is_set()
         stop_for_exit(session)
         if not session.done.is_set():
             try:
@@ -254,6 +262,7 @@ def run_app(app: GPTTUIApp | None = None) -> int:
             except (OSError, ValueError):
                 pass  # the terminal is gone (closed SSH link)
             session.wait_done()
+        if stopping:
             app.exit_note = app.exit_note or ending_note(session)
         guard.restore()
         if app.exit_note:
