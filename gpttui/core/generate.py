@@ -509,7 +509,8 @@ def sample_text(model: torch.nn.Module, tokenizer: Tokenizer, prompt: str, max_n
 
 
 __all__ = [
-    "EOT", "STOP_REASONS", "STOP_PHRASES", "stop_phrase", "SamplingConfig", "TokenEvent", "Alternative", "GenerationResult", "Stream",
+    "EOT", "STOP_REASONS", "STOP_PHRASES", "stop_phrase", "SamplingConfig", "TokenEvent", "Alternative",
+    "GenerationResult", "Stream",
     "stream", "generate", "generate_ids", "generate_greedy", "sample_text", "cast_for_inference",
     "apply_repetition_penalty", "apply_temperature", "apply_top_k", "apply_top_p", "sample_from",
     "parse_stop_strings",

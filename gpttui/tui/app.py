@@ -80,7 +80,7 @@ class GPTTUIApp(App, inherit_bindings=False):  # Textual's two bindings follow F
             parts.append(data_label)
         if session.label:
             where = "" if session is self.state.session else f", {session.kind}"
-            on = f" on {run_label}" if run_label and run_label != data_label or session.running else ""
+            on = f" on {run_label}" if run_label and (run_label != data_label or session.running) else ""
             parts.append(f"model {session.label}{on} ({session.history.status}{where})")
         self.sub_title = "  ·  ".join(parts)
 

@@ -228,8 +228,7 @@ class HelpScreen(ModalScreen):
 
 def described(screen: Screen, entry: KeyEntry) -> KeyEntry:
     """The entry in the palette's words where they say more than the footer's one word ("EMA")."""
-    own = getattr(screen, "PALETTE", None) or {}
-    words = own.get(entry.action) or PALETTE.get((type(screen).__name__, entry.action))
+    words = words_for(screen, entry.action)
     if words:
         return KeyEntry(entry.action, words[0], entry.tooltip, entry.keys)
     return entry
@@ -336,9 +335,14 @@ def applies(app: "App", screen: Screen, action: str) -> bool:
     return rule is None or rule(app, screen)
 
 
-def palette_words(screen: Screen, entry: KeyEntry) -> tuple[str, str]:
+def words_for(screen: Screen, action: str) -> tuple[str, str] | None:
+    """The palette's (title, help) for one of the screen's actions: its ``PALETTE``, else ours."""
     own = getattr(screen, "PALETTE", None) or {}
-    title, help_ = own.get(entry.action) or PALETTE.get((type(screen).__name__, entry.action)) or (entry.description, "")
+    return own.get(action) or PALETTE.get((type(screen).__name__, action))
+
+
+def palette_words(screen: Screen, entry: KeyEntry) -> tuple[str, str]:
+    title, help_ = words_for(screen, entry.action) or (entry.description, "")
     help_ = help_ or entry.tooltip
     return title, f"{help_} ({entry.key_text})" if help_ else f"{screen_title(screen)} screen ({entry.key_text})"
 
