@@ -195,8 +195,9 @@ async def test_checkpoint_actions_are_offered_only_for_a_highlighted_checkpoint(
 
 
 async def test_palette_header_and_quit_follow_the_run(tmp_path):
-    """Idle: Start is offered, pause/stop/save are not. While a tiny run trains: the reverse, and the
-    header names the run's corpus even after the Dataset screen loaded another. Stop, save and quit:
+    """Idle: Start is offered, pause/stop/save are not. While a tiny run trains: the reverse, the
+    header names the run's corpus even after the Dataset screen loaded another, and the Runs screen
+    offers pausing the run but not resuming it. Stop, save and quit:
     the line printed after the app names the checkpoint and its folder."""
     other = tmp_path / "other.txt"
     other.write_text(("Another text for the dataset screen. " * 400), encoding="utf-8")
@@ -229,6 +230,15 @@ async def test_palette_header_and_quit_follow_the_run(tmp_path):
         assert app.state.prepared.corpus.label != BUILTIN_LABEL  # the Dataset screen moved on
         app.refresh_header()
         assert BUILTIN_LABEL in app.sub_title and app.state.prepared.corpus.label not in app.sub_title
+
+        await pilot.press("f10")  # the run, highlighted on the Runs screen: pause and stop it, not resume
+        await settle(app, pilot)
+        deadline = asyncio.get_running_loop().time() + 30
+        while not app.screen.runs and asyncio.get_running_loop().time() < deadline:
+            await pilot.pause(0.05)
+        offered = titles(app)
+        assert "Pause the highlighted run" in offered and "Stop the highlighted run" in offered, offered
+        assert "Resume the highlighted run" not in offered and "Compare the marked runs" not in offered
 
         await pilot.press("ctrl+q")
         await pilot.pause()

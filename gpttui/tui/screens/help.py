@@ -311,6 +311,13 @@ def _attr(getter: Callable[[Screen], object]) -> Callable[["App", Screen], bool]
 
 _ckpt_selected = _attr(lambda s: s.selected is not None)
 _run_highlighted = _attr(lambda s: s.highlighted_run() is not None)
+
+
+def _run_in(*states: str) -> Callable[["App", Screen], bool]:
+    """The Runs screen's highlighted run is in one of ``states`` (pause a running one, resume a paused one)."""
+    return _attr(lambda s: s.runs[s.highlighted_run()].state in states)
+
+
 APPLIES: dict[tuple[str, str], Callable[["App", Screen], bool]] = {
     ("TrainScreen", "start"): lambda app, s: not app.state.session.running,
     ("TrainScreen", "pause"): lambda app, s: app.state.monitored.running,
@@ -320,10 +327,15 @@ APPLIES: dict[tuple[str, str], Callable[["App", Screen], bool]] = {
     ("GenerateScreen", "copy"): _attr(lambda s: s.turns),
     ("GenerateScreen", "select_token"): _attr(lambda s: s.views),
     **{("CheckpointsScreen", a): _ckpt_selected for a in ("generate", "train", "rename", "delete", "export")},
-    **{("RunsScreen", a): _run_highlighted for a in ("attach", "command", "mark")},
+    **{("RunsScreen", a): _run_highlighted for a in ("attach", "mark")},
+    ("RunsScreen", "command('pause')"): _run_in("running"),
+    ("RunsScreen", "command('resume')"): _run_in("paused"),
+    ("RunsScreen", "command('save')"): _run_in("running", "paused"),
+    ("RunsScreen", "command('stop')"): _run_in("starting", "running", "paused"),
     ("RunsScreen", "compare"): _attr(lambda s: len(s.marked) >= 2),
 }
-"""When a screen's action applies, as far as the app knows, for screens whose ``check_action`` does not say."""
+"""When a screen's action applies, as far as the app knows, for screens whose ``check_action`` does not say;
+keyed by the screen's class name and the action's name, or its whole string where the parameters matter."""
 
 
 def applies(app: "App", screen: Screen, action: str) -> bool:
@@ -331,7 +343,8 @@ def applies(app: "App", screen: Screen, action: str) -> bool:
     _, name, params = parse_action(action)
     if not screen.check_action(name, params):
         return False
-    rule = APPLIES.get((type(screen).__name__, name))
+    kind = type(screen).__name__
+    rule = APPLIES.get((kind, action)) or APPLIES.get((kind, name))
     return rule is None or rule(app, screen)
 
 
