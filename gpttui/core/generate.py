@@ -67,6 +67,14 @@ EOT = "eot"
 """``SamplingConfig.eos_id`` default: stop at the tokenizer's end-of-text id."""
 
 STOP_REASONS = ("max_tokens", "eos", "stop", "cancel")
+STOP_PHRASES = {"max_tokens": "reached max tokens", "eos": "the model ended the text",
+                "stop": "hit a stop string", "cancel": "stopped by you"}
+"""How a reply ended, in words (``stopped by stop`` read badly): for footers of replies, app and CLI."""
+
+
+def stop_phrase(reason: str) -> str:
+    """:data:`STOP_PHRASES`' words for one of :data:`STOP_REASONS` (an unknown reason as it is)."""
+    return STOP_PHRASES.get(reason, f"stopped ({reason})")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -501,7 +509,8 @@ def sample_text(model: torch.nn.Module, tokenizer: Tokenizer, prompt: str, max_n
 
 
 __all__ = [
-    "EOT", "STOP_REASONS", "SamplingConfig", "TokenEvent", "Alternative", "GenerationResult", "Stream",
+    "EOT", "STOP_REASONS", "STOP_PHRASES", "stop_phrase", "SamplingConfig", "TokenEvent", "Alternative",
+    "GenerationResult", "Stream",
     "stream", "generate", "generate_ids", "generate_greedy", "sample_text", "cast_for_inference",
     "apply_repetition_penalty", "apply_temperature", "apply_top_k", "apply_top_p", "sample_from",
     "parse_stop_strings",
