@@ -218,7 +218,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     import threading
 
     from gpttui.core import checkpoints
-    from gpttui.core.generate import SamplingConfig, cast_for_inference, stream
+    from gpttui.core.generate import SamplingConfig, cast_for_inference, stop_phrase, stream
     from gpttui.core.printable import StreamEscaper, blank_reply_note
     from gpttui.core.resources import pick_device
     from gpttui.core.tokenizer import get_tokenizer, tokenizer_for
@@ -278,7 +278,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         note = blank_reply_note(result.text)
         if note:
             out(note, err=True)
-        out(f"[{result.new_tokens} tokens, {result.tokens_per_sec:.1f} tok/s, stopped by {result.stopped_by}"
+        out(f"[{result.new_tokens} tokens, {result.tokens_per_sec:.1f} tok/s, {stop_phrase(result.stopped_by)}"
             + (f", seed {result.seed}" if result.seed is not None else "") + "]", err=True)
     return 0
 

@@ -75,6 +75,8 @@ STOP_PHRASES = {"max_tokens": "reached max tokens", "eos": "the model ended the 
 def stop_phrase(reason: str) -> str:
     """:data:`STOP_PHRASES`' words for one of :data:`STOP_REASONS` (an unknown reason as it is)."""
     return STOP_PHRASES.get(reason, f"stopped ({reason})")
+
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
