@@ -19,7 +19,7 @@ from gpttui.core.errors import TokenizerError
 from gpttui.tui.app import create_app
 from gpttui.tui.messages import DatasetFailed, DatasetReady
 from gpttui.tui.screens.dataset import DatasetScreen, TokenizerMissing
-from gpttui.tui.state import LAST_DATASET_FILE, AppState, load_last_dataset
+from gpttui.tui.state import LAST_DATASET_FILE, AppState, load_last_dataset, load_recent
 from tui_helpers import Messages, settle, wait_workers
 
 BYTES = DataSettings(source="builtin:pydoc", tokenizer="bytes", context_length=32, batch_size=4)
@@ -109,6 +109,9 @@ async def test_typing_fast_goes_into_the_source_and_no_answer_rewrites_it(tmp_pa
         assert loaded[-2:] == [path[:cut_folder], path] and failed == [path[:cut_partial]]
         assert app.state.prepared is not None and app.state.prepared.corpus.source == path
         assert app.state.prepared.corpus.text == STORY
+    # kept for later as an absolute path: a start from another folder still finds it
+    absolute = str(tmp_path / "texts" / "story.txt")
+    assert load_last_dataset()[0].source == absolute and load_recent()[0] == absolute
 
 
 def _burst(app, text: str, first: str) -> None:

@@ -8,6 +8,8 @@ not after the keys typed behind it were already delivered to the widget it leave
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from pathlib import Path
 from typing import Iterable
 
@@ -292,7 +294,7 @@ class DatasetScreen(Screen):
         self.app.state.prepared = prepared
         self._show_prepared(prepared)
         if prepared.corpus.source:
-            remember_source(prepared.corpus.source)
+            remember_source(lasting_source(prepared.corpus.source))
             self._refresh_recent()
         self.app.refresh_header()
 
@@ -304,7 +306,8 @@ class DatasetScreen(Screen):
         self._show_files(prepared.corpus.files)
         preview = "\n".join(prepared.corpus.text[:4000].splitlines()[:PREVIEW_LINES])
         self.query_one("#preview", Static).update(Text(preview))
-        remember_dataset(prepared.settings, self.app.state.data_context_set)  # the next start opens on it
+        lasting = dataclasses.replace(prepared.settings, source=lasting_source(prepared.settings.source))
+        remember_dataset(lasting, self.app.state.data_context_set)  # the next start opens on it
 
     def _show_files(self, files: list[str]) -> None:
         """A folder's joined files: the count in the title, the names (scrollable) below; hidden otherwise."""
@@ -319,6 +322,14 @@ class DatasetScreen(Screen):
         """The problem's first line in red; the lines after it (what to do, what was tried) in the normal colour."""
         head, _, rest = text.partition("\n")
         self.query_one("#problems", Static).update(Text.assemble(("✗ " + head, "red"), "\n" + rest if rest else ""))
+
+
+def lasting_source(source: str) -> str:
+    """A source as it is kept for later (recent list, next start): a path made absolute, so that it still
+    names the same file when the app is started from another folder; ``builtin:`` names as they are."""
+    if not source or source.startswith("builtin:"):
+        return source
+    return os.path.abspath(os.path.expanduser(source))
 
 
 def split_note(stats) -> str:
