@@ -301,7 +301,8 @@ class DatasetScreen(Screen):
     def _show_prepared(self, prepared: PreparedData) -> None:
         self._shown = prepared
         note = split_note(prepared.stats)
-        self.query_one("#stats", Static).update(dataset_stats(prepared) + (f"\n[dim]{escape(note)}[/dim]" if note else ""))
+        stats = dataset_stats(prepared) + (f"\n[dim]{escape(note)}[/dim]" if note else "")
+        self.query_one("#stats", Static).update(stats)
         self.query_one("#problems", Static).update(dataset_checks(prepared.stats))
         self._show_files(prepared.corpus.files)
         preview = "\n".join(prepared.corpus.text[:4000].splitlines()[:PREVIEW_LINES])
