@@ -61,7 +61,12 @@ def make_folder(root, names=("alpha.txt", "beta.md", "sub/gamma.txt")):
 @pytest.fixture
 def no_gpt2_files(monkeypatch):
     """No GPT-2 files anywhere and no network for tiktoken's download (a proxy on a closed port refuses at
-    once), and the in-process tokenizer cache emptied before and after."""
+    once), and the in-process tokenizer caches emptied before and after: gpttui's, and tiktoken's registry
+    of built encodings (an earlier test in this process may have built "gpt2" from its cache, and tiktoken
+    would hand that out instead of downloading)."""
+    import tiktoken.registry
+
+    monkeypatch.setattr(tiktoken.registry, "ENCODINGS", {})
     monkeypatch.delenv(T.BPE_DIR_ENV, raising=False)
     for var in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
         monkeypatch.setenv(var, "http://127.0.0.1:9")
