@@ -51,6 +51,7 @@ class Corpus:
     n_files: int = 1
     replaced_bytes: int = 0
     warnings: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)  # a folder's joined files, relative to it, in order
 
     @property
     def sha256(self) -> str:
@@ -162,7 +163,7 @@ def _read_folder(spec: str, root: Path) -> Corpus:
     )
     if not files:
         raise DataError(f"{root} holds no .txt or .md files (searched recursively).")
-    docs, warnings, replaced = [], [], 0
+    docs, names, warnings, replaced = [], [], [], 0
     for p in files:
         try:
             data = _read_regular(p)
@@ -177,11 +178,13 @@ def _read_folder(spec: str, root: Path) -> Corpus:
             continue
         replaced += r
         docs.append(text)
+        names.append(p.relative_to(root).as_posix())
     if not docs:
         raise DataError(f"{root} has {len(files)} .txt/.md files but none holds usable text.")
     if replaced:
         warnings.append(f"{replaced:,} bytes that are not valid UTF-8 were replaced with U+FFFD.")
-    return Corpus(spec, f"{root.name}/ ({len(docs)} files)", ENDOFTEXT.join(docs), len(docs), replaced, warnings)
+    return Corpus(spec, f"{root.name}/ ({len(docs)} files)", ENDOFTEXT.join(docs), len(docs), replaced, warnings,
+                  names)
 
 
 # --- tokenizing, with a cache ----------------------------------------------------------------------
@@ -440,6 +443,13 @@ class DatasetStats:
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    @property
+    def split_token_difference(self) -> int:
+        """``train_tokens + val_tokens - tokens``: usually 0 or 1, not always 0. As in the book, the text is
+        split at a character (``int(train_ratio * characters)``) and each side is tokenized on its own,
+        so a word cut by the split becomes two tokens (or more; rarely fewer)."""
+        return self.train_tokens + self.val_tokens - self.tokens
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)

@@ -217,6 +217,16 @@ def offline_help() -> str:
     )
 
 
+def clip_words(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` characters at a word boundary, with an ellipsis (an exception's text
+    can be long: a URL, a proxy's answer), never mid-word."""
+    text = " ".join(text.split())
+    if len(text) <= limit:
+        return text
+    cut = text.rfind(" ", 0, limit)
+    return text[:cut if cut > limit // 2 else limit - 1].rstrip(" ,;:") + "…"
+
+
 _lock = threading.Lock()
 _cache: dict[str, GPT2Tokenizer] = {}
 
@@ -287,10 +297,12 @@ def load_gpt2(download: bool = True) -> GPT2Tokenizer:
                 tok = GPT2Tokenizer(tiktoken.get_encoding("gpt2"))
                 tok.source = "downloaded by tiktoken"
             except Exception as exc:
-                problems.append(f"download failed: {type(exc).__name__}: {exc}"[:300])
+                problems.append(clip_words(f"download failed: {type(exc).__name__}: {exc}", 300))
         if tok is None:
             detail = ("\nWhat was tried:\n" + "\n".join(f"  - {p}" for p in problems)) if problems else ""
-            raise TokenizerError(offline_help() + detail)
+            error = TokenizerError(offline_help() + detail)
+            error.tried = problems  # each source and why it failed, for a UI that words the help its own way
+            raise error
         _cache["gpt2"] = tok
         return tok
 

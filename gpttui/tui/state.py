@@ -10,6 +10,7 @@ trainer's control.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -21,6 +22,7 @@ from textual.worker import Worker
 
 from gpttui.core import paths
 from gpttui.core.data import Corpus, DataSettings, PreparedData
+from gpttui.core.fileio import atomic_write
 from gpttui.core.history import RunHistory, typed_event
 from gpttui.core.runs import FINAL_STATES, EventFollower, RunStatus, run_status, send_command
 from gpttui.core.train import Event, FailedEvent, StepEvent, TrainControl, Trainer
@@ -48,6 +50,44 @@ def remember_source(source: str) -> list[str]:
     except OSError:
         pass
     return recent
+
+
+LAST_DATASET_FILE = "last_dataset.json"
+
+
+def load_last_dataset() -> tuple[DataSettings, bool] | None:
+    """The data settings the Dataset screen last loaded successfully, and whether their context length was
+    the user's own (``AppState.data_context_set``); None when there are none. A file that is missing,
+    unreadable, corrupt or holds invalid settings is ignored: the app then starts on the defaults."""
+    try:
+        data = json.loads((paths.config_dir() / LAST_DATASET_FILE).read_text(encoding="utf-8"))
+        fields = {f.name for f in dataclasses.fields(DataSettings)}
+        values = {k: v for k, v in data["settings"].items() if k in fields}
+        settings = DataSettings(**values)
+        if not isinstance(settings.source, str) or not isinstance(settings.tokenizer, str) or settings.problems():
+            return None
+        return settings, bool(data.get("context_set", False))
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None
+
+
+def remember_dataset(settings: DataSettings, context_set: bool) -> None:
+    """Keep ``settings`` for the next start (written atomically; a failure to write only costs that)."""
+    record = {"settings": dataclasses.asdict(settings), "context_set": bool(context_set)}
+    try:
+        atomic_write(paths.config_dir() / LAST_DATASET_FILE, json.dumps(record, indent=1).encode(), durable=False)
+    except OSError:
+        pass
+
+
+def _last_settings() -> DataSettings:
+    last = load_last_dataset()
+    return last[0] if last is not None else DataSettings()
+
+
+def _last_context_set() -> bool:
+    last = load_last_dataset()
+    return last[1] if last is not None else False
 
 
 IN_APP = "in this app"
@@ -262,7 +302,7 @@ Session = Union[TrainingSession, FollowedRun]
 
 @dataclass
 class AppState:
-    settings: DataSettings = field(default_factory=DataSettings)
+    settings: DataSettings = field(default_factory=_last_settings)  # the last dataset loaded, else the defaults
     corpus: Corpus | None = None
     prepared: PreparedData | None = None
     session: TrainingSession = field(default_factory=TrainingSession)  # the run in this app (one at a time)
@@ -272,7 +312,8 @@ class AppState:
     generate_checkpoint: str | None = None  # the Checkpoints screen's Generate
     continue_checkpoint: str | None = None  # the Checkpoints screen's Continue
     checkpoints_version: int = 0  # bumped when the running training saves: lists of checkpoints re-read
-    data_context_set: bool = False  # the Dataset screen's context was set by the user (else it follows the model)
+    # the Dataset screen's context was set by the user (else it follows the model); restored with the settings
+    data_context_set: bool = field(default_factory=_last_context_set)
 
     @property
     def monitored(self) -> Session:

@@ -1,7 +1,15 @@
-"""Dataset screen: pick a corpus, set the book's data settings, see the numbers and the checks."""
+"""Dataset screen: pick a corpus, set the book's data settings, see the numbers and the checks.
+
+What is typed is never rewritten by an answer: the form is only read (by :meth:`DatasetScreen.load`),
+and the worker's answers only fill the statistics side. Keys typed fast land where they are meant to: the
+Source field has the focus when the screen opens, and Tab moves the focus at once (a priority binding),
+not after the keys typed behind it were already delivered to the widget it leaves.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from pathlib import Path
 from typing import Iterable
 
@@ -10,7 +18,7 @@ from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import (Button, DirectoryTree, Footer, Header, Input, Label, OptionList, ProgressBar, Select,
                              Static)
@@ -18,15 +26,22 @@ from textual.widgets.option_list import Option
 from textual.worker import get_current_worker
 
 from gpttui.core.data import TEXT_SUFFIXES, Corpus, DataSettings, PreparedData, prepare_data, read_corpus
-from gpttui.core.errors import GPTTUIError
-from gpttui.core.tokenizer import TOKENIZERS, get_tokenizer
+from gpttui.core.errors import GPTTUIError, TokenizerError
+from gpttui.core.tokenizer import GPT2_FILES, TOKENIZERS, clip_words, get_tokenizer
 from gpttui.tui.messages import DatasetFailed, DatasetProgress, DatasetReady
 from gpttui.tui.render import dataset_checks, dataset_stats
-from gpttui.tui.state import load_recent, remember_source
+from gpttui.tui.state import load_recent, remember_dataset, remember_source
 from gpttui.tui.widgets import Field, read_field
 
 BUILTIN = "builtin:pydoc"
 PREVIEW_LINES = 12
+MAX_FILES_SHOWN = 1000  # names listed for a folder corpus (the count is always the whole)
+TRIED_CHARS = 160  # each "What was tried" line, cut at a word
+
+
+class TokenizerMissing(DatasetFailed):
+    """The GPT-2 tokenizer's files could not be found: the screen loads again when it is shown again
+    (after F5 → k imported them)."""
 
 
 class _Superseded(Exception):
@@ -48,16 +63,21 @@ class TextTree(DirectoryTree):
 
 
 class DatasetScreen(Screen):
+    AUTO_FOCUS = "#source"  # typing at once goes into the Source field, not to a panel
     BINDINGS = [
         Binding("ctrl+o", "browse", "Browse files", priority=True),
         Binding("ctrl+b", "builtin", "Built-in corpus", priority=True),
+        # Priority: the focus moves before the next key is delivered. Without it Tab travels up from the
+        # focused widget to the app first, and keys typed right behind it go to the widget being left.
+        Binding("tab", "app.focus_next", "Next field", show=False, priority=True),
+        Binding("shift+tab", "app.focus_previous", "Previous field", show=False, priority=True),
     ]
 
     def compose(self) -> ComposeResult:
         s: DataSettings = self.app.state.settings
         yield Header()
         with Horizontal(id="dataset-main"):
-            with VerticalScroll(id="dataset-side", classes="panel"):
+            with VerticalScroll(id="dataset-side", classes="panel", can_focus=False):
                 yield Label("Source", classes="section")
                 with Horizontal(id="source-row"):
                     yield Input(s.source, id="source", placeholder="a text file, a folder, or builtin:pydoc")
@@ -75,11 +95,14 @@ class DatasetScreen(Screen):
                             placeholder="= context")
                 yield Field("Batch size", s.batch_size, id="batch_size", minimum=1)
                 yield Field("Train ratio", s.train_ratio, id="train_ratio", kind="float", minimum=0.01, maximum=1.0)
-            with Vertical(id="dataset-info", classes="panel"):
+            with VerticalScroll(id="dataset-info", classes="panel"):
                 yield Label("Statistics", classes="section")
                 yield ProgressBar(id="tokenize-progress", show_eta=False, classes="hidden")
                 yield Static("Pick a source to see its statistics.", id="stats")
                 yield Static("", id="problems")
+                yield Label("Files", id="files-title", classes="section hidden")
+                with VerticalScroll(id="files-box", classes="hidden"):
+                    yield Static("", id="files")
                 yield Label("Preview", classes="section")
                 yield Static("", id="preview")
         yield Footer()
@@ -89,12 +112,15 @@ class DatasetScreen(Screen):
         self._timer = None
         self._request = 0  # the newest load request: answers to older ones are dropped
         self._shown: PreparedData | None = None
+        self._tokenizer_missing = False  # the newest answer said so: load again when shown again
         self.load()
 
     def on_screen_resume(self) -> None:
         self.app.refresh_header()
         state = self.app.state
-        if state.prepared is not None and state.prepared is not getattr(self, "_shown", None):
+        if getattr(self, "_tokenizer_missing", False):
+            self.load()  # the files may have been imported meanwhile (F5, then k)
+        elif state.prepared is not None and state.prepared is not getattr(self, "_shown", None):
             # the Train screen windowed the data at the model's context: show what will be trained on
             self.query_one("#context_length", Input).value = str(state.settings.context_length)
             self._show_prepared(state.prepared)
@@ -192,7 +218,13 @@ class DatasetScreen(Screen):
             state.data_context_set = True  # the user's own context: the data no longer follows the model
         state.settings = settings
         state.prepared = None
-        self.query_one("#stats", Static).update("Reading…")
+        self._shown = None
+        self._tokenizer_missing = False
+        # Nothing of the previous corpus stays on view (nor in the header) while this one is read.
+        self.query_one("#stats", Static).update(Text(f"Reading {settings.source or '…'}…"))
+        self.query_one("#problems", Static).update("")
+        self._show_files([])
+        self.app.refresh_header()
         self._request += 1
         corpus = state.corpus if state.corpus is not None and state.corpus.source == settings.source else None
         self.prepare(settings, corpus, self._request)
@@ -215,6 +247,11 @@ class DatasetScreen(Screen):
             prepared = prepare_data(settings, tokenizer, corpus=corpus, strict=False, progress=progress)
         except _Superseded:
             return
+        except TokenizerError as exc:
+            if getattr(exc, "tried", None) is None:  # not the files missing (e.g. an unknown name)
+                message = DatasetFailed(settings.source, str(exc), request, corpus)
+            else:
+                message = TokenizerMissing(settings.source, missing_tokenizer_text(exc.tried), request, corpus)
         except GPTTUIError as exc:
             message = DatasetFailed(settings.source, str(exc), request, corpus)
         except Exception as exc:  # never crash the screen on a bad file
@@ -231,15 +268,23 @@ class DatasetScreen(Screen):
         if message.done >= message.total:
             bar.add_class("hidden")
 
+    def on_tokenizer_missing(self, message: TokenizerMissing) -> None:
+        if message.request == self._request:
+            self.on_dataset_failed(message)
+            self._tokenizer_missing = True
+
     def on_dataset_failed(self, message: DatasetFailed) -> None:
         if message.request != self._request:
             return  # an older request
         if message.corpus is not None:
             self.app.state.corpus = message.corpus
-        self.query_one("#stats", Static).update("No statistics: the source could not be used.")
+        what = message.source or "the source"
+        self.query_one("#stats", Static).update(Text(f"No statistics: {what} could not be used."))
         self.query_one("#preview", Static).update("")
+        self._show_files([])
         self._show_problem(message.message)
         self.query_one("#tokenize-progress").add_class("hidden")
+        self.app.refresh_header()
 
     def on_dataset_ready(self, message: DatasetReady) -> None:
         prepared = message.prepared
@@ -249,16 +294,67 @@ class DatasetScreen(Screen):
         self.app.state.prepared = prepared
         self._show_prepared(prepared)
         if prepared.corpus.source:
-            remember_source(prepared.corpus.source)
+            remember_source(lasting_source(prepared.corpus.source))
             self._refresh_recent()
         self.app.refresh_header()
 
     def _show_prepared(self, prepared: PreparedData) -> None:
         self._shown = prepared
-        self.query_one("#stats", Static).update(dataset_stats(prepared))
+        note = split_note(prepared.stats)
+        stats = dataset_stats(prepared) + (f"\n[dim]{escape(note)}[/dim]" if note else "")
+        self.query_one("#stats", Static).update(stats)
         self.query_one("#problems", Static).update(dataset_checks(prepared.stats))
+        self._show_files(prepared.corpus.files)
         preview = "\n".join(prepared.corpus.text[:4000].splitlines()[:PREVIEW_LINES])
         self.query_one("#preview", Static).update(Text(preview))
+        lasting = dataclasses.replace(prepared.settings, source=lasting_source(prepared.settings.source))
+        remember_dataset(lasting, self.app.state.data_context_set)  # the next start opens on it
+
+    def _show_files(self, files: list[str]) -> None:
+        """A folder's joined files: the count in the title, the names (scrollable) below; hidden otherwise."""
+        self.query_one("#files-title", Label).update(f"Files joined: {len(files):,}")
+        names = files[:MAX_FILES_SHOWN]
+        more = len(files) - len(names)
+        self.query_one("#files", Static).update(Text("\n".join(names + ([f"… and {more:,} more"] if more else []))))
+        for wid in ("#files-title", "#files-box"):
+            self.query_one(wid).set_class(not files, "hidden")
 
     def _show_problem(self, text: str) -> None:
-        self.query_one("#problems", Static).update(f"[red]✗ {escape(text)}[/red]")
+        """The problem's first line in red; the lines after it (what to do, what was tried) in the normal colour."""
+        head, _, rest = text.partition("\n")
+        self.query_one("#problems", Static).update(Text.assemble(("✗ " + head, "red"), "\n" + rest if rest else ""))
+
+
+def lasting_source(source: str) -> str:
+    """A source as it is kept for later (recent list, next start): a path made absolute, so that it still
+    names the same file when the app is started from another folder; ``builtin:`` names as they are."""
+    if not source or source.startswith("builtin:"):
+        return source
+    return os.path.abspath(os.path.expanduser(source))
+
+
+def split_note(stats) -> str:
+    """Why train + val tokens may not add up to the total (issue: 35,775 vs 32,229 + 3,547), in a line."""
+    diff = stats.split_token_difference
+    if diff == 0:
+        return ""
+    sign = "+" if diff > 0 else "−"
+    return (f"train + val = total {sign} {abs(diff):,}: the split (at a character, as in the book) cuts a word, "
+            "and each side tokenizes its part.")
+
+
+def missing_tokenizer_text(tried: list[str]) -> str:
+    """The GPT-2 files are missing: what, the fix in this app, and what was tried (each line cut at a word)."""
+    lines = [
+        f"The GPT-2 tokenizer needs OpenAI's files {' and '.join(sorted(GPT2_FILES))}, and they are not on "
+        "this machine.",
+        "Fix it here: F5 (Checkpoints), then k, and give the folder that holds them; this screen reloads "
+        "when you come back.",
+        "Download them from https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/",
+        "Or pick the bytes tokenizer above: it needs no files.",
+    ]
+    if tried:
+        lines.append("What was tried:")
+        lines += [f"  - {clip_words(t, TRIED_CHARS)}" for t in tried]
+    return "\n".join(lines)
+
