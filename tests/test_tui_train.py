@@ -171,3 +171,21 @@ async def test_f6_with_no_dataset_and_the_files_present_asks_for_a_dataset(tmp_p
         await pilot.press("f6")
         await pilot.pause()
         assert "No dataset is ready" in str(app.screen.query_one("#status", Static).render())
+
+
+async def test_the_buttons_fit_beside_the_settings_at_every_size():
+    """Idle, the settings pane shown: all four buttons whole (Save F9 was clipped at 80 columns)."""
+    app = create_app(settings=SMALL)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_dataset(app, pilot)
+        await pilot.press("f3")
+        await pilot.pause()
+        assert "Not started" in str(app.screen.query_one("#status", Static).render())
+        for size in ((80, 24), (80, 40), (100, 30), (120, 40)):
+            await pilot.resize_terminal(*size)
+            await pilot.pause()
+            assert app.screen.query_one("#train-form").display
+            controls = app.screen.query_one("#controls").region
+            for button in app.screen.query("#controls Button"):
+                assert inside(button, app) and controls.contains_region(button.region), (size, button.id)
+                assert str(button.label) in shown_text(button), (size, button.id)

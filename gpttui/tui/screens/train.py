@@ -34,6 +34,7 @@ from gpttui.tui.widgets import Field, MetricChart, read_field
 
 NEW_MODEL = "__new__"
 IDLE_STATUS = "Not started. Pick a dataset (F2), set the model, press F6."
+FORM_WIDTH = 36  # the settings pane's columns (gpttui.tcss, #train-form)
 OPTIM_FIELDS = [
     # id, label, kind, minimum, tooltip
     ("lr", "Learning rate", "float", 0.0, "peak learning rate (AdamW)"),
@@ -159,10 +160,16 @@ class TrainScreen(ListsCheckpoints, Screen):
 
     def on_resize(self) -> None:
         """A short terminal gets compact buttons and one row of charts (loss, perplexity)."""
-        short = self.size.height < self.SHORT_HEIGHT
-        self.set_class(short, "-short")
+        self.set_class(self.size.height < self.SHORT_HEIGHT, "-short")
+        self._fit_controls()
+
+    def _fit_controls(self) -> None:
+        """Compact buttons where the full ones would not all fit (Save F9 clipped): a short terminal,
+        or a narrow monitor beside the settings pane."""
+        monitor = self.size.width - (0 if self.has_class("-form-hidden") else FORM_WIDTH) - 2
+        compact = self.has_class("-short") or monitor < 4 * 11
         for button in self.query("#controls Button").results(Button):
-            button.compact = short
+            button.compact = compact
 
     def on_screen_resume(self) -> None:
         self.app.refresh_header()
@@ -458,6 +465,7 @@ class TrainScreen(ListsCheckpoints, Screen):
         """Show or hide the settings pane (the user's choice stands until the next run starts)."""
         self._form_auto_hidden = False
         self.set_class(not self.has_class("-form-hidden"), "-form-hidden")
+        self._fit_controls()
 
     def check_action(self, action: str, parameters: tuple) -> bool | None:
         """Start while no run trains in this app; pause, stop and save while the monitored run goes
@@ -509,6 +517,7 @@ class TrainScreen(ListsCheckpoints, Screen):
         elif not running and self._form_auto_hidden and self.size.width >= self.WIDE:
             self._form_auto_hidden = False
             self.remove_class("-form-hidden")
+        self._fit_controls()
 
     def _dataset_changed(self) -> None:
         """The Dataset screen's data changed: a "no dataset" message gives way, the model's notes follow."""
@@ -552,7 +561,7 @@ class TrainScreen(ListsCheckpoints, Screen):
         self.query_one("#chart-lr", MetricChart).set_series([("lr", sx, sv.get("lr", []))], xlabel)
         self.query_one("#chart-tps", MetricChart).set_series([("tok/s", sx, sv.get("tokens_per_sec", []))], xlabel)
         self.query_one("#progress", ProgressBar).update(total=1.0, progress=snap.progress)
-        status = status_text(snap)
+        status = status_text(snap) if snap.status != "idle" else IDLE_STATUS
         if self.has_class("-form-hidden"):
             status += "\n[dim]ctrl+b shows the settings[/dim]"
         if session is not self.app.state.session:
