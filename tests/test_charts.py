@@ -40,6 +40,11 @@ def test_step_ticks_are_integers_within_the_range(lo, hi, n):
     assert len({round(b - a, 9) for a, b in zip(ticks, ticks[1:])}) <= 1  # evenly spaced
 
 
+def test_a_range_between_two_round_numbers_still_gets_two_ticks():
+    assert len(axes.x_ticks(128, 1664, 4)) >= 2  # tokens seen: 500, 1000, 1500, not 1000 alone
+    assert axes.x_ticks(1, 2, 4) == [1, 2]
+
+
 def test_token_tick_labels_read_as_counts():
     assert [axes.compact_count(v) for v in (0, 950, 1500, 12_000, 2_500_000, 3e9)] == [
         "0", "950", "1.5k", "12k", "2.5M", "3G"]

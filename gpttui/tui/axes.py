@@ -61,12 +61,19 @@ def ticks_between(lo: float, hi: float, step: float) -> list[float]:
 
 
 def x_ticks(lo: float, hi: float, max_ticks: int, integer: bool = True) -> list[float]:
-    """Evenly spaced nice ticks within [lo, hi], at most ``max_ticks`` (integers on a step axis)."""
+    """Evenly spaced nice ticks within [lo, hi], at most ``max_ticks`` and at least two where the
+    range holds two (integers on a step axis)."""
     max_ticks = max(2, max_ticks)
     step = nice_step((hi - lo) / (max_ticks - 1), integer)
     ticks = ticks_between(lo, hi, step)
     while len(ticks) > max_ticks:
         step = nice_step(step * 1.01, integer)
+        ticks = ticks_between(lo, hi, step)
+    while len(ticks) < 2 and step > max(hi - lo, 1e-300) * 1e-6:  # a range between two round numbers
+        smaller = nice_floor(step * 0.99)
+        if integer and smaller < 1:
+            break
+        step = smaller
         ticks = ticks_between(lo, hi, step)
     return ticks
 
@@ -89,12 +96,7 @@ def y_ticks(lo: float, hi: float, max_ticks: int, constant: float | None = None)
     if constant is not None:
         step = nice_floor((hi - lo) / 2) if hi > lo else 1.0
         return [t for t in (constant - step, constant, constant + step) if lo <= t <= hi] or [constant]
-    ticks = x_ticks(lo, hi, max_ticks, integer=False)
-    step = nice_step((hi - lo) / (max_ticks - 1))
-    while len(ticks) < 2 and step > (hi - lo) * 1e-6:  # a narrow range between two round numbers
-        step = nice_floor(step * 0.99)
-        ticks = ticks_between(lo, hi, step)
-    return ticks
+    return x_ticks(lo, hi, max_ticks, integer=False)
 
 
 def log_ticks(lo: float, hi: float, max_ticks: int) -> list[float]:
