@@ -4,7 +4,10 @@ follow what happened (missing tokenizer files, a dataset loaded later, a run tha
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import time
 
 import pytest
 from textual.widgets import Input, Select, Static
@@ -13,7 +16,9 @@ from gpttui.core import tokenizer as T
 from gpttui.core.data import DataSettings
 from gpttui.core.train import EvalEvent, FinishedEvent
 from gpttui.tui.app import create_app
+from gpttui.core.runs import run_status, send_command
 from gpttui.tui.screens.train import TrainScreen
+from gpttui.tui.state import BACKGROUND, FollowedRun
 from gpttui.tui.widgets import MetricChart
 from tui_helpers import Messages, wait_workers
 
@@ -189,3 +194,48 @@ async def test_the_buttons_fit_beside_the_settings_at_every_size():
             for button in app.screen.query("#controls Button"):
                 assert inside(button, app) and controls.contains_region(button.region), (size, button.id)
                 assert str(button.label) in shown_text(button), (size, button.id)
+
+
+async def until(pilot, condition, what: str, timeout: float = 120):
+    """Let the app run until ``condition()`` is truthy (returned), or fail after ``timeout``."""
+    end = time.monotonic() + timeout
+    while not (value := condition()):
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await pilot.pause(0.05)
+    return value
+
+
+async def test_a_followed_background_run_gets_the_same_monitor_at_80x24():
+    """A run in its own process (as the Runs screen's attach follows one): the settings give way, the
+    status shows its numbers, and after it stopped no ETA stays (80 columns: the charts stay in view)."""
+    app = create_app(settings=SMALL)
+    pid = None
+    async with app.run_test(size=(80, 24)) as pilot:
+        try:
+            await wait_dataset(app, pilot)
+            await pilot.press("f3")
+            await pilot.pause()
+            screen = app.screen
+            for wid, value in (("n_layers", "1"), ("n_heads", "2"), ("emb_dim", "32"), ("eval_freq", "2"),
+                               ("eval_iter", "1"), ("max_steps", "100000"), ("save_name", "followed")):
+                screen.query_one(f"#{wid}", Input).value = value
+            screen.query_one("#run-where", Select).value = BACKGROUND
+            await pilot.press("f6")
+            followed = await until(pilot, lambda: isinstance(app.state.monitored, FollowedRun) and app.state.monitored,
+                                   "the app to follow its background run")
+            pid = (await until(pilot, lambda: run_status(followed.run_dir).pid, "its pid"))
+            await until(pilot, lambda: followed.history.last_eval, "an evaluation on the monitor")
+            await until(pilot, lambda: not screen.query_one("#train-form").display, "the settings to give way")
+            words = ("ETA", "loss", "val", "elapsed", "tok/s", "gpttui runs attach")  # drawn a few times a second
+            await until(pilot, lambda: all(w in shown_text(screen.query_one("#status")) for w in words),
+                        f"the status with {words}")
+            send_command(followed.run_dir, "stop")
+            await until(pilot, lambda: not followed.running, "the run to stop")
+            text = await until(pilot, lambda: "took" in (t := shown_text(screen.query_one("#status"))) and t,
+                               "the final status")
+            assert "ETA" not in text and "saved as followed" in text and "ctrl+b shows the settings" in text
+            assert not screen.query_one("#train-form").display  # 80 columns: the final curves stay in view
+        finally:
+            if pid and run_status(app.state.monitored.run_dir).live:
+                os.kill(pid, signal.SIGKILL)
