@@ -89,7 +89,7 @@ class TrainScreen(ListsCheckpoints, Screen):
         Binding("ctrl+g", "toggle_log", "log y axis for the loss", priority=True, show=False),
     ]
     WIDE = 100  # at least this many columns: the settings pane comes back after a run (narrower, the
-    # final curves and status stay in view: ctrl+b shows the settings)
+    # final curves and status stay in view; "ctrl+b settings" beside the buttons says how to get it)
     SHORT_HEIGHT = 32  # below this many rows: compact buttons, two charts (loss, perplexity), short samples
 
     def compose(self) -> ComposeResult:
@@ -133,6 +133,7 @@ class TrainScreen(ListsCheckpoints, Screen):
                     yield Button("Stop F8", id="stop", variant="error", disabled=True)
                     yield Button("Save F9", id="save", disabled=True)
                     yield ProgressBar(id="progress", show_eta=False)
+                    yield Label("ctrl+b settings", id="form-hint")  # shown while the pane is hidden
                 with Grid(id="charts"):
                     yield MetricChart("loss", id="chart-loss", key=True)
                     yield MetricChart("perplexity", id="chart-ppl", log_y=True, key=True)
@@ -562,8 +563,6 @@ class TrainScreen(ListsCheckpoints, Screen):
         self.query_one("#chart-tps", MetricChart).set_series([("tok/s", sx, sv.get("tokens_per_sec", []))], xlabel)
         self.query_one("#progress", ProgressBar).update(total=1.0, progress=snap.progress)
         status = status_text(snap) if snap.status != "idle" else IDLE_STATUS
-        if self.has_class("-form-hidden"):
-            status += "\n[dim]ctrl+b shows the settings[/dim]"
         if session is not self.app.state.session:
             status += (f"\n[dim]{escape(session.kind)} · from a terminal: "
                        f"`gpttui runs attach {escape(session.run_dir.name)}`[/dim]")
