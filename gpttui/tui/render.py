@@ -188,31 +188,50 @@ def _origin_rows(meta: dict) -> Rows:
 # --- the training monitor ----------------------------------------------------------------------------
 
 
+ENDINGS = {  # a FinishedEvent's reason, as the monitor says it
+    "completed": "finished: every planned step done",
+    "stopped": "stopped on request (F8, or `gpttui runs stop`)",
+    "interrupted": "interrupted: the app or its terminal closed, or a signal",
+}
+
+
 def status_text(snap) -> str:
-    """The monitor's status lines (markup) for a :class:`RunHistory` snapshot."""
+    """The monitor's status lines (markup) for a :class:`RunHistory` snapshot. The numbers come
+    first, in lines that fit 78 columns (progress and time; losses; throughput, lr and gradient norm;
+    the run), so at 80×24 every one shows; a run that ended shows how long it took, never a stale ETA."""
     st, last, ev = snap.started, snap.last_step, snap.last_eval
-    colour = {"running": "green", "paused": "yellow", "failed": "red", "finished": "cyan"}.get(snap.status, "white")
+    colour = {"running": "green", "paused": "yellow", "failed": "red", "crashed": "red",
+              "finished": "cyan", "stopped": "cyan"}.get(snap.status, "white")
+    ended = snap.finished is not None or snap.failed is not None or snap.status in ("crashed", "failed")
     lines = [f"[b {colour}]{snap.status}[/]"]
     if last is not None:
-        lines[0] += (f" · step {last.step:,}/{last.total_steps:,} · epoch {last.epoch} · "
-                     f"{snap.progress:.0%}")
-        lines.append(f"{last.tokens_seen:,} tokens seen · {last.tokens_per_sec:,.0f} tok/s · "
-                     f"elapsed {format_duration(last.elapsed, NONE)} · ETA {format_duration(last.eta, NONE)}")
-        loss = f"loss {last.loss:.3f} · lr {last.lr:.2e} · grad norm {last.grad_norm:.2f}"
+        lines[0] += f" · step {last.step:,}/{last.total_steps:,} ({snap.progress:.0%}) · epoch {last.epoch}"
+        if snap.finished is not None:
+            lines[0] += f" · took {format_duration(snap.finished.elapsed, NONE)}"
+        else:
+            lines[0] += f" · elapsed {format_duration(last.elapsed, NONE)}"
+            if not ended:
+                lines[0] += f" · ETA {format_duration(last.eta, NONE)}"
+        loss = f"loss {last.loss:.3f}"
         if ev is not None:
-            loss += f" · train {ev.train_loss:.3f} / val {ev.val_loss:.3f}"
+            loss += f" · val {ev.val_loss:.3f} · train {ev.train_loss:.3f}"
         if snap.best_val_loss is not None:
             loss += f" · best val {snap.best_val_loss:.3f}"
         lines.append(loss)
+        lines.append(f"{human_count(last.tokens_seen)} tokens seen · {last.tokens_per_sec:,.0f} tok/s · "
+                     f"lr {last.lr:.2e} · grad norm {last.grad_norm:.2f}")
     if st is not None:
-        lines.append(f"{st.device} · {st.dtype} · {human_count(st.n_params)} params · run {st.run_id}")
-    if snap.checkpoints:
-        c = snap.checkpoints[-1]
-        lines.append(f"saved {escape(c.name)} at step {c.step}")
+        lines.append(f"{st.device} {st.dtype} · {human_count(st.n_params)} params · run {st.run_id}")
     if snap.failed is not None:
         lines.append(f"[red]✗ {escape(snap.failed.message)}[/red]")
     elif snap.finished is not None:
-        lines.append(f"finished ({snap.finished.reason})")
+        f = snap.finished
+        ending = ENDINGS.get(f.reason, f.reason)
+        saved = f"saved as {escape(f.checkpoint)}" if f.checkpoint else "not saved"
+        lines.append(f"{escape(ending)} at step {f.step:,} · {saved}")
+    elif snap.checkpoints:
+        c = snap.checkpoints[-1]
+        lines.append(f"saved {escape(c.name)} at step {c.step:,}")
     return "\n".join(lines)
 
 

@@ -12,13 +12,15 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.validation import Function, Integer, Number
 from textual.widgets import Input, Label
+from rich.text import Text
 from textual_plotext import PlotextPlot
 
 from gpttui.core.history import Column, downsample
 from gpttui.core.smooth import ema_array
+from gpttui.tui import axes
 
 MAX_CHART_POINTS = 400
-# Series colours, in order; chart titles name them (plotext's legend would cover the curves).
+# Series colours, in order; the title row's key names them (plotext's legend would cover the curves).
 SERIES_COLOURS = ("blue+", "green+", "red+")
 
 
@@ -86,13 +88,25 @@ class MetricChart(PlotextPlot):
     copy: a braille cell holds one colour, so a grey raw curve would break the smoothed one wherever
     they cross, and in a compare view it would double the lines per run; the toggle is one key away.
 
+    The title row takes the canvas' background (plotext paints its own lines with the theme's surface).
+
     Each series is ``(label, xs, ys)`` or ``(label, xs, ys, colour)``; with ``legend`` the labels go to
-    plotext's legend (top left), otherwise the title names the colours.
+    plotext's legend (top left); with ``key`` they follow the title, each in its colour (one row, present
+    before the first point); otherwise the title names the colours. The title row is drawn here, so a
+    chart keeps its title at any size.
+    """
+
+    DEFAULT_CSS = """
+    MetricChart {
+        background: $surface;
+    }
     """
 
     def __init__(self, title: str, *, id: str | None = None, classes: str | None = None, log_y: bool = False,
-                 smoothing: float = 0.0, legend: bool = False) -> None:
+                 smoothing: float = 0.0, legend: bool = False, key: bool = False) -> None:
         super().__init__(id=id, classes=classes)
+        self.key = key
+        self.axes: dict | None = None  # the last render's limits and ticks (tests read them)
         self.title = title
         self.log_y = log_y
         self.smoothing = smoothing
@@ -150,9 +164,8 @@ class MetricChart(PlotextPlot):
                 data.append((label, xs, ys, colour))
         self._series = data
 
-    def _title(self, hidden: int, log: bool, room: int) -> str:
-        """The title, then what the toggles do to the curves; cut to ``room`` characters, the title
-        giving way before the toggles' state."""
+    def _suffix(self, hidden: int, log: bool, sep: str = " · ") -> str:
+        """What the toggles do to the curves, for the title row."""
         parts = []
         if self.smoothing:
             parts.append(f"EMA {self.smoothing:g}")
@@ -160,28 +173,40 @@ class MetricChart(PlotextPlot):
             parts.append("log" + (f" ({hidden} ≤0 hidden)" if hidden else ""))
         elif self.log_y and self._series:
             parts.append("log off: no value > 0")
-        suffix = "".join(" · " + p for p in parts)
-        if len(self.title) + len(suffix) <= room or room < 6:
-            return self.title + suffix
-        if room - len(suffix) >= 8:
-            return self.title[:room - len(suffix) - 1] + "…" + suffix
-        return (self.title + suffix)[:room - 1] + "…"
+        return "".join(sep + p for p in parts)
 
-    def _legend_headroom(self, drawn: list[tuple], log: bool) -> None:
-        """Raise the top of the y axis so the legend (top left, a row per series) sits above the curves
-        instead of on their first points, as long as the curves keep at least half the rows."""
-        rows = self.size.height - 5  # less the title, the frame and the x axis' ticks and label
-        need = len(drawn) + 1
-        ys = [y for _, _, series_ys, _ in drawn for y in series_ys]
-        if not ys or rows < 2 * need:
-            self.plt.ylim(None, None)
-            return
-        lo, hi = min(ys), max(ys)
-        if log:
-            lo, hi = math.log10(lo), math.log10(hi)
-        span = (hi - lo) or abs(hi) or 1.0
-        top = lo + span * rows / (rows - need)
-        self.plt.ylim(lo - span * 0.02, top)  # on a log axis plotext takes the limits as log10
+    def header(self, hidden: int, log: bool, width: int) -> Text:
+        """The title row, drawn here rather than by plotext (which drops a title wider than its
+        canvas): the title, the toggles' state, and with ``key`` each series' label in its colour. At
+        any width the title keeps its first letters and the key its colours; the title gives way first."""
+        keys = [(label, _rich_colour(colour)) for label, colour in self._labels()] if self.key else []
+        for gap, sep in (("  ", " · "), (" ", " · "), ("", " · "), ("", " ")):  # narrower: gaps go first,
+            suffix = self._suffix(hidden, log, sep)  # then the title's letters
+            key_len = sum(len(gap) + 1 + len(label) for label, _ in keys) + (not gap and bool(keys))
+            if len(self.title) + len(suffix) + key_len <= width:
+                break
+        room = width - len(suffix) - key_len
+        title = self.title
+        if len(title) > room:
+            title = title[:max(3, room - 1)] + "…"
+        text = Text(title, style="bold")
+        text.append(suffix)
+        for i, (label, colour) in enumerate(keys):
+            text.append(f"{gap or (' ' if i == 0 else '')}━", style=colour)
+            text.append(label)
+        if text.cell_len > width:
+            text.truncate(width, overflow="ellipsis")
+        text.pad_left(max(0, (width - text.cell_len) // 2))
+        return text
+
+    def _labels(self) -> list[tuple[str, object]]:
+        """(label, colour) of every named series, drawn or not yet (a legend present from the start)."""
+        out = []
+        for i, item in enumerate(self._raw):
+            colour = item[3] if len(item) > 3 else SERIES_COLOURS[i % len(SERIES_COLOURS)]
+            if item[0]:
+                out.append((item[0], colour))
+        return out
 
     def render(self):
         drawn, hidden = self._series, 0
@@ -191,38 +216,83 @@ class MetricChart(PlotextPlot):
         if not log:
             drawn, hidden = self._series, 0
         self.hidden_points = hidden
-        # plotext drops a title wider than its canvas (the width less the y ticks, known once built):
-        # build, and if the title is not there, build again with it cut to the canvas
-        room = self.size.width - 2
-        for _ in range(3):
-            title = self._title(hidden, log, room)
-            try:
-                rendered = self._build(drawn, log, title)
-            except Exception as exc:  # plotext can trip on odd data; a chart must never take the app down
-                return f"{self.title}: cannot draw ({type(exc).__name__})"
-            plain = rendered.plain
-            if title.strip() in plain or "┌" not in plain:
-                break
-            corner = plain.index("┌") - plain.rfind("\n", 0, plain.index("┌")) - 1  # the y ticks' width
-            room = min(room - 4, self.size.width - corner - 4)
-        return rendered
+        width, height = self.size.width, self.size.height
+        head = self.header(hidden, log, width)
+        try:
+            plot = self._build(drawn, log, width, max(1, height - 1))
+        except Exception as exc:  # plotext can trip on odd data; a chart must never take the app down
+            return Text(f"{self.title}: cannot draw ({type(exc).__name__})")
+        return Text("\n").join([head, plot])
 
-    def _build(self, drawn: list[tuple], log: bool, title: str):
-        """The chart drawn from scratch (plotext keeps its canvas between builds: never build twice
-        without clearing)."""
+    def _build(self, drawn: list[tuple], log: bool, width: int, height: int) -> Text:
+        """The chart under the title row, drawn from scratch (plotext keeps its canvas between builds:
+        never build twice without clearing), on axes decided by :mod:`gpttui.tui.axes`."""
         plt = self.plt
         plt.clear_data()
         plt.xlabel(self._xlabel)
-        plt.title(title)
+        plt.title("")
         plt.yscale("log" if log else "linear")
-        if self.legend:
-            self._legend_headroom(drawn, log)
+        self._axes(drawn, log, width, height)
         for label, xs, ys, colour in drawn:
             if self.legend:
                 plt.plot(xs, ys, marker="braille", color=colour, label=label or " ")
             else:
                 plt.plot(xs, ys, marker="braille", color=colour)
-        return super().render()
+        plt.plotsize(width, height)
+        plt._set_size(width, height)  # textual-plotext does both (its issue #5)
+        plt.theme(self._get_plotext_theme_name(self.app.theme))
+        plot = Text.from_ansi(plt.build())
+        plot.rstrip()
+        return plot
+
+    def _axes(self, drawn: list[tuple], log: bool, width: int, height: int) -> None:
+        """Limits and ticks for the series about to be drawn (none: plotext's empty frame)."""
+        plt = self.plt
+        ys = [y for _, _, series_ys, _ in drawn for y in series_ys]
+        xs = [x for _, series_xs, _, _ in drawn for x in series_xs]
+        self.axes = None
+        if not ys:  # an empty frame (plotext's log scale cannot draw one)
+            plt.yscale("linear")
+            plt.xlim(0, 1)
+            plt.ylim(0, 1)
+            plt.xticks([], [])
+            plt.yticks([], [])
+            return
+        rows = height - 4  # less the frame, the x ticks and the x label
+        lo, hi = min(ys), max(ys)
+        if log:
+            lo, hi = math.log10(lo), math.log10(hi)
+        constant = lo if hi == lo else None
+        ylo, yhi = axes.y_range(lo, hi, log)
+        need = len(drawn) + 1
+        if self.legend and rows >= 2 * need:  # room above the curves for plotext's legend (top left)
+            yhi = ylo + (yhi - ylo) * rows / (rows - need)
+        max_y = max(2, rows // 2 + 1)
+        if log:
+            values = axes.log_ticks(ylo, yhi, max_y) if constant is None else [10.0 ** constant]
+        else:
+            values = axes.y_ticks(ylo, yhi, max_y, constant)
+        yticks = axes.snap_ticks(values, ylo, yhi, rows, log)
+        ylabels = axes.tick_labels([v for _, v in yticks])
+        xlo, xhi = axes.x_range(min(xs), max(xs))
+        label_width = max(len(axes.compact_count(xlo)), len(axes.compact_count(xhi))) + 2
+        canvas = width - 2 - max((len(label) for label in ylabels), default=0)
+        xvalues = axes.x_ticks(xlo, xhi, min(6, max(2, canvas // label_width)))
+        plt.xlim(xlo, xhi)
+        plt.ylim(ylo, yhi)  # on a log axis plotext takes the limits as log10
+        plt.xticks(xvalues, [axes.compact_count(v) for v in xvalues])
+        plt.yticks([p for p, _ in yticks], ylabels)
+        self.axes = {"x": (xlo, xhi, xvalues), "y": (ylo, yhi, yticks, ylabels), "rows": rows}
+
+
+def _rich_colour(colour: object) -> str:
+    """A plotext colour (a name such as "blue+", an (r, g, b) tuple, a 256-colour index) for Rich."""
+    if isinstance(colour, (tuple, list)) and len(colour) == 3:
+        return "rgb({},{},{})".format(*colour)
+    if isinstance(colour, int):
+        return f"color({colour})"
+    name = str(colour)
+    return f"bright_{name[:-1]}" if name.endswith("+") else name
 
 
 def _finite_points(xs: Sequence[float], ys: Sequence[float], smoothing: float) -> tuple[list[float], list[float]]:

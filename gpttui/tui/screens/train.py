@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
+from pathlib import Path
 
 from rich.markup import escape
 from rich.text import Text
@@ -31,6 +33,8 @@ from gpttui.tui.state import BACKGROUND, IN_APP
 from gpttui.tui.widgets import Field, MetricChart, read_field
 
 NEW_MODEL = "__new__"
+IDLE_STATUS = "Not started. Pick a dataset (F2), set the model, press F6."
+FORM_WIDTH = 36  # the settings pane's columns (gpttui.tcss, #train-form)
 OPTIM_FIELDS = [
     # id, label, kind, minimum, tooltip
     ("lr", "Learning rate", "float", 0.0, "peak learning rate (AdamW)"),
@@ -47,16 +51,46 @@ OPTIM_FIELDS = [
 ]
 
 
+def no_dataset_message(tokenizer: str) -> str:
+    """Why F6 finds no dataset, and the fix: the GPT-2 tokenizer's files, when they are what is missing
+    (the Dataset screen cannot tokenize without them), else a pick on the Dataset screen."""
+    if tokenizer == "gpt2" and gpt2_files_missing():
+        return ("The GPT-2 tokenizer files (encoder.json, vocab.bpe) are missing, so the dataset cannot be "
+                "tokenized. F5, then k imports the tokenizer files (from a folder holding them); or pick the "
+                "bytes tokenizer on the Dataset screen (F2), which needs no files.")
+    return "No dataset is ready: pick one on the Dataset screen (F2), and wait for its statistics."
+
+
+def gpt2_files_missing() -> bool:
+    """True when no source :func:`~gpttui.core.tokenizer.load_gpt2` looks in offline has both files
+    (a cheap look at the paths: nothing is read or downloaded on the UI thread)."""
+    from gpttui.core import tokenizer as tok
+
+    if tok._cache.get("gpt2") is not None or tok._tiktoken_cached_files() is not None:
+        return False
+    dirs = [tok.gpt2_data_dir()]
+    if os.environ.get(tok.BPE_DIR_ENV):
+        dirs.append(Path(os.environ[tok.BPE_DIR_ENV]).expanduser())
+    return not any(all((d / name).is_file() for name in tok.GPT2_FILES) for d in dirs)
+
+
 class TrainScreen(ListsCheckpoints, Screen):
     BINDINGS = [
-        Binding("f6", "start", "Start", priority=True),
-        Binding("f7", "pause", "Pause/Resume", priority=True),
-        Binding("f8", "stop", "Stop", priority=True),
-        Binding("f9", "save", "Save now", priority=True),
-        Binding("ctrl+t", "toggle_x", "x: step/tokens", priority=True),
-        Binding("ctrl+f", "toggle_ema", "EMA", priority=True),  # Input owns ctrl+a/e/d/k/u/w/x/c/v
-        Binding("ctrl+g", "toggle_log", "log y", priority=True),
+        # Short descriptions: at 80 columns the footer must keep these and the app's F2-F5 and Quit.
+        # check_action shows Start while no run goes on here, and Pause/Stop/Save while one does.
+        Binding("f6", "start", "Start", priority=True, tooltip="Start training with the settings on screen"),
+        Binding("f7", "pause", "Pause", priority=True, tooltip="Pause or resume the run"),
+        Binding("f8", "stop", "Stop", priority=True, tooltip="Stop after this step, then save"),
+        Binding("f9", "save", "Save", priority=True, tooltip="Save a checkpoint after this step"),
+        # ctrl+b: the settings pane, as VS Code's sidebar (Input owns ctrl+a/e/d/k/u/w/x/c/v)
+        Binding("ctrl+b", "toggle_form", "Show/hide the settings pane", priority=True, show=False),
+        Binding("ctrl+t", "toggle_x", "x axis: step / tokens seen", priority=True, show=False),
+        Binding("ctrl+f", "toggle_ema", "EMA smoothing of loss and perplexity", priority=True, show=False),
+        Binding("ctrl+g", "toggle_log", "log y axis for the loss", priority=True, show=False),
     ]
+    WIDE = 100  # at least this many columns: the settings pane comes back after a run (narrower, the
+    # final curves and status stay in view; "ctrl+b settings" beside the buttons says how to get it)
+    SHORT_HEIGHT = 32  # below this many rows: compact buttons, two charts (loss, perplexity), short samples
 
     def compose(self) -> ComposeResult:
         d = TrainConfig()
@@ -98,16 +132,16 @@ class TrainScreen(ListsCheckpoints, Screen):
                     yield Button("Pause F7", id="pause", disabled=True)
                     yield Button("Stop F8", id="stop", variant="error", disabled=True)
                     yield Button("Save F9", id="save", disabled=True)
+                    yield ProgressBar(id="progress", show_eta=False)
+                    yield Label("ctrl+b settings", id="form-hint")  # shown while the pane is hidden
                 with Grid(id="charts"):
-                    yield MetricChart("loss: blue step, green train, red val", id="chart-loss")
-                    yield MetricChart("perplexity: green train, red val", id="chart-ppl", log_y=True)
+                    yield MetricChart("loss", id="chart-loss", key=True)
+                    yield MetricChart("perplexity", id="chart-ppl", log_y=True, key=True)
                     yield MetricChart("learning rate", id="chart-lr")
                     yield MetricChart("tokens/s", id="chart-tps")
-                yield ProgressBar(id="progress", show_eta=False)
-                yield Static("Not started. Pick a dataset (F2), set the model, press F6.", id="status")
-                yield Label("Samples (newest first)", classes="section")
+                yield Static(IDLE_STATUS, id="status")
                 yield VerticalScroll(id="samples")
-        yield Footer()
+        yield Footer(compact=True)  # at 80 columns the screen's keys, the app's F2-F5 and Quit fit
 
     def on_mount(self) -> None:
         self.x_axis = "step"
@@ -116,9 +150,27 @@ class TrainScreen(ListsCheckpoints, Screen):
         self._samples_shown = 0
         self._monitor_shown: object = None  # the session drawn (the in-app one, or a followed run)
         self.resume_values: list[str] = [NEW_MODEL]  # the #resume choices, as listed
+        self._was_running = False  # the monitored run's state at the last redraw: starts and ends show
+        self._form_auto_hidden = False  # the settings pane gave way to a run (and comes back after it)
+        self._prepared_seen = self.app.state.prepared  # the dataset the status last spoke about
+        self._data_message = False  # the status says no dataset is ready (replaced once one is)
+        self.query_one("#samples").border_title = "Samples (newest first)"
         self.refresh_checkpoints()
         self._apply_preset("tiny")
         self.set_interval(0.25, self.redraw)
+
+    def on_resize(self) -> None:
+        """A short terminal gets compact buttons and one row of charts (loss, perplexity)."""
+        self.set_class(self.size.height < self.SHORT_HEIGHT, "-short")
+        self._fit_controls()
+
+    def _fit_controls(self) -> None:
+        """Compact buttons where the full ones would not all fit (Save F9 clipped): a short terminal,
+        or a narrow monitor beside the settings pane."""
+        monitor = self.size.width - (0 if self.has_class("-form-hidden") else FORM_WIDTH) - 2
+        compact = self.has_class("-short") or monitor < 4 * 11
+        for button in self.query("#controls Button").results(Button):
+            button.compact = compact
 
     def on_screen_resume(self) -> None:
         self.app.refresh_header()
@@ -243,14 +295,15 @@ class TrainScreen(ListsCheckpoints, Screen):
             self._cannot_start(str(exc))
             return
         prepared = app.state.prepared
-        problem = ("No dataset is ready: pick one on the Dataset screen (F2)." if prepared is None
-                   else "\n".join(prepared.stats.problems))
+        problem = no_dataset_message(app.state.settings.tokenizer) if prepared is None else "\n".join(
+            prepared.stats.problems)
         same = meta is not None and prepared is not None and dataset_matches(meta.dataset, prepared)
         if meta is not None and not same and config.save_name in (None, resume):
             self._ask_how_to_continue(resume, meta, config, None if problem else prepared)
             return
         if problem:
             self._cannot_start(problem)
+            self._data_message = prepared is None  # replaced once the Dataset screen has data
             return
         plan = plan_save(store, resume=resume, requested=config.save_name, same_data=same,
                          data_source=prepared.corpus.source, run_id="x")
@@ -409,6 +462,21 @@ class TrainScreen(ListsCheckpoints, Screen):
             return False
         return True
 
+    def action_toggle_form(self) -> None:
+        """Show or hide the settings pane (the user's choice stands until the next run starts)."""
+        self._form_auto_hidden = False
+        self.set_class(not self.has_class("-form-hidden"), "-form-hidden")
+        self._fit_controls()
+
+    def check_action(self, action: str, parameters: tuple) -> bool | None:
+        """Start while no run trains in this app; pause, stop and save while the monitored run goes
+        on (hidden otherwise, in the footer and the command palette)."""
+        if action == "start":
+            return not self.app.state.session.running
+        if action in ("pause", "stop", "save"):
+            return self.app.state.monitored.running
+        return True
+
     def action_toggle_x(self) -> None:
         self.x_axis = "tokens" if self.x_axis == "step" else "step"
         self._drawn_version = -1
@@ -439,10 +507,37 @@ class TrainScreen(ListsCheckpoints, Screen):
     def _set_status(self, markup: str) -> None:
         self.query_one("#status", Static).update(markup)
 
+    def _run_state_changed(self, running: bool) -> None:
+        """A run began (started here, or attached from the Runs screen) or ended: the settings pane
+        gives way to the charts while it trains and comes back after, unless the user chose (ctrl+b)."""
+        self._was_running = running
+        self.refresh_bindings()
+        if running and not self.has_class("-form-hidden"):
+            self._form_auto_hidden = True
+            self.add_class("-form-hidden")
+        elif not running and self._form_auto_hidden and self.size.width >= self.WIDE:
+            self._form_auto_hidden = False
+            self.remove_class("-form-hidden")
+        self._fit_controls()
+
+    def _dataset_changed(self) -> None:
+        """The Dataset screen's data changed: a "no dataset" message gives way, the model's notes follow."""
+        prepared = self._prepared_seen = self.app.state.prepared
+        self._update_model_info()
+        if self._data_message and prepared is not None:
+            self._data_message = False
+            ready = not prepared.stats.problems
+            self._set_status(f"Dataset {escape(prepared.corpus.label)} " + (
+                "is ready: press F6 to start." if ready else "has problems: see the Dataset screen (F2)."))
+
     def redraw(self) -> None:
         session = self.app.state.monitored
         history = session.history
         self._sync_buttons()
+        if session.running != self._was_running:
+            self._run_state_changed(session.running)
+        if self.app.state.prepared is not self._prepared_seen:
+            self._dataset_changed()
         if session is not self._monitor_shown:  # another run to show: its own samples
             self._monitor_shown, self._drawn_version = session, -1
             for child in list(self.query_one("#samples").children):
@@ -467,7 +562,7 @@ class TrainScreen(ListsCheckpoints, Screen):
         self.query_one("#chart-lr", MetricChart).set_series([("lr", sx, sv.get("lr", []))], xlabel)
         self.query_one("#chart-tps", MetricChart).set_series([("tok/s", sx, sv.get("tokens_per_sec", []))], xlabel)
         self.query_one("#progress", ProgressBar).update(total=1.0, progress=snap.progress)
-        status = status_text(snap)
+        status = status_text(snap) if snap.status != "idle" else IDLE_STATUS
         if session is not self.app.state.session:
             status += (f"\n[dim]{escape(session.kind)} · from a terminal: "
                        f"`gpttui runs attach {escape(session.run_dir.name)}`[/dim]")
