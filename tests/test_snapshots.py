@@ -21,6 +21,7 @@ import dataclasses
 import fcntl
 import json
 import os
+import random
 import shutil
 import socket
 import tempfile
@@ -28,8 +29,9 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import numpy as np
 import pytest
-from textual.widgets import Input
+from textual.widgets import Input, Select
 
 from gpttui.core import paths
 from gpttui.core.config import GPTConfig
@@ -44,7 +46,7 @@ from tui_helpers import settle, wait_workers
 
 HOME = Path(tempfile.gettempdir()) / f"gpttui-snapshots-{os.getuid()}"
 RUN = Path(__file__).parent / "data" / "tiny_run.jsonl"
-LIVE_ID, DONE_ID = "20261124-093000-a1b2", "20261124-081500-c3d4"
+LIVE_ID, DONE_ID, CHAT_ID = "20261124-093000-a1b2", "20261124-081500-c3d4", "20261123-101500-e5f6"
 LIVE_STEP = 200
 BYTES = DataSettings(source="builtin:pydoc", tokenizer="bytes", context_length=32, batch_size=4)
 SIZES = [pytest.param((80, 24), id="80x24"), pytest.param((120, 40), id="120x40")]
@@ -83,20 +85,24 @@ def _write_run(run_id: str, records: list[dict], state: str, save_name: str, sca
 
 def _train_checkpoint(name: str) -> None:
     """A tiny byte-level model trained here (seeded, on the CPU), saved as ``name`` with a date in 2025."""
+    random.seed(0)  # the RNG states the checkpoint keeps pickle to a length of their own: its size on screen
+    np.random.seed(0)
     data = prepare_data(BYTES, ByteTokenizer())
-    config = TrainConfig(max_steps=40, lr=4e-3, eval_freq=20, eval_iter=1, sample_tokens=0, save_name=name,
+    config = TrainConfig(max_steps=120, lr=4e-3, eval_freq=20, eval_iter=1, sample_tokens=0, save_name=name,
                          device="cpu", seed=123)
-    model = GPTConfig(vocab_size=257, context_length=32, emb_dim=32, n_heads=2, n_layers=1, drop_rate=0.0)
+    model = GPTConfig(vocab_size=257, context_length=32, emb_dim=48, n_heads=2, n_layers=2, drop_rate=0.0)
     assert Trainer(data, ByteTokenizer(), config, model).run().event == "finished"
     meta_path = paths.checkpoints_dir() / name / "meta.json"
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    meta["created"] = "2025-06-02T10:30:00+00:00"
+    meta.update(created="2025-06-02T10:30:00+00:00", run_dir=str(paths.runs_dir() / CHAT_ID))
     meta_path.write_text(json.dumps(meta, indent=2), encoding="utf-8")
-    for status_path in paths.runs_dir().glob("*/status.json"):  # its run: started 5 days ago
+    for status_path in paths.runs_dir().glob("*/status.json"):  # its run: a fixed id, started 5 days ago
         status = json.loads(status_path.read_text(encoding="utf-8"))
         if status.get("save_name") == name:
-            status["started"] = (datetime.now(timezone.utc) - timedelta(days=5.25)).isoformat(timespec="seconds")
-            status_path.write_text(json.dumps(status), encoding="utf-8")
+            run_dir = status_path.parent.rename(paths.runs_dir() / CHAT_ID)
+            status.update(run_id=CHAT_ID, run_dir=str(run_dir),
+                          started=(datetime.now(timezone.utc) - timedelta(days=5.25)).isoformat(timespec="seconds"))
+            (run_dir / "status.json").write_text(json.dumps(status), encoding="utf-8")
 
 
 @pytest.fixture(scope="module")
@@ -202,6 +208,8 @@ def test_generate_screen_with_probabilities(snap_compare, home, size, theme):
         await pilot.press("f4")
         await settle(app, pilot)
         screen = app.screen
+        screen.query_one("#sampling-preset", Select).value = "creative"  # temperature 0.9, top-p 0.95
+        await pilot.pause()
         screen.query_one("#max_new_tokens", Input).value = "48"
         screen.query_one("#seed", Input).value = "7"
         screen.query_one("#prompt", Input).value = "The return value"
@@ -211,7 +219,7 @@ def test_generate_screen_with_probabilities(snap_compare, home, size, theme):
         turn = screen.turns[-1]
         assert turn.result is not None and turn.error is None
         turn.result = dataclasses.replace(turn.result, tokens_per_sec=250.0)  # a measured speed, pinned
-        await pilot.press("f6", "f7", "f7", "f7")  # colours on, then the third token picked
+        await pilot.press("f6", "f8", "f8", "f8")  # colours on, then the third token picked
         for view in screen.views:
             view.show()
         await steady(app, pilot, theme)

@@ -90,9 +90,11 @@ async def test_at_80x24_a_run_shows_every_number_and_the_settings_give_way():
             chart = screen.query_one(chart_id, MetricChart)
             assert inside(chart, app) and chart.axes["rows"] >= 4, chart_id
         assert "train" in shown_text(screen.query_one("#chart-ppl")).splitlines()[0]
+        for button, key in (("#pause", "F7"), ("#stop", "F8"), ("#save", "F9")):  # the run's keys: on its buttons
+            assert key in shown_text(screen.query_one(button)), button
         keys = [k for k in app.screen.query("FooterKey") if k.display]
-        footer = " ".join(shown_text(k) for k in keys if inside(k, app))
-        assert all(key in footer for key in ("f7", "f8", "f9")), footer
+        footer = " ".join(shown_text(k) for k in keys if inside(k, app))  # ... and every screen's key, and Quit
+        assert all(key in footer for key in ("f1", "f2", "f4", "f5", "f10", "^q")), footer
 
         # 120×40: all four charts; the constant lr is drawn on the row labelled with its value
         await pilot.resize_terminal(120, 40)

@@ -34,11 +34,12 @@ class GPTTUIApp(App, inherit_bindings=False):  # Textual's two bindings follow F
     BINDINGS = [
         Binding("f1", "help", "Help", priority=True, tooltip="keys and what this screen is for"),
         Binding("question_mark", "help", "Help", show=False),  # not priority: typed "?" in an Input stays text
-        Binding("f2", "switch_mode('dataset')", "Dataset", priority=True),
-        Binding("f3", "switch_mode('train')", "Train", priority=True),
-        Binding("f4", "switch_mode('generate')", "Generate", priority=True),
-        Binding("f5", "switch_mode('checkpoints')", "Checkpoints", priority=True),
-        Binding("f10", "switch_mode('runs')", "Runs", priority=True),
+        # Short words: at 80 columns the footer keeps every screen's key (the help says them in full).
+        Binding("f2", "switch_mode('dataset')", "Data", priority=True, tooltip="the Dataset screen"),
+        Binding("f3", "switch_mode('train')", "Train", priority=True, tooltip="the Train screen"),
+        Binding("f4", "switch_mode('generate')", "Gen", priority=True, tooltip="the Generate screen"),
+        Binding("f5", "switch_mode('checkpoints')", "Ckpts", priority=True, tooltip="the Checkpoints screen"),
+        Binding("f10", "switch_mode('runs')", "Runs", priority=True, tooltip="the Runs screen"),
         Binding("ctrl+q", "quit", "Quit", priority=True),
         Binding("ctrl+c", "help_quit", show=False, system=True),  # Textual's: "press ctrl+q to quit"
     ]
@@ -57,6 +58,12 @@ class GPTTUIApp(App, inherit_bindings=False):  # Textual's two bindings follow F
         # not the loop's own handlers); it takes them back should the driver have given them away.
         if self.exit_guard is not None:
             self.exit_guard.reclaim()
+
+    def check_action(self, action: str, parameters: tuple) -> bool | None:
+        # The key of the screen shown is left out of the footer (and does nothing): room for the others.
+        if action == "switch_mode" and parameters and parameters[0] == self.current_mode:
+            return False
+        return True
 
     def _hang_up(self, sig: int) -> None:
         """On the app's loop, for SIGHUP/SIGTERM: the run stops at the end of its step and saves

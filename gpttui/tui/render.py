@@ -17,6 +17,7 @@ from rich.text import Text
 
 from gpttui.core import checkpoints
 from gpttui.core.printable import StreamEscaper, blank_reply_note, split_controls
+from gpttui.core.generate import stop_phrase
 from gpttui.core.units import format_bytes as human_bytes, format_count as human_count, format_duration
 
 NONE = "–"
@@ -328,7 +329,7 @@ def turn_text(turn, colour: bool, selected: int | None) -> Text:
         note = blank_reply_note(turn.text)
         if note:
             text.append(f"\n{note}", style="italic yellow")
-        text.append(f"\n{r.new_tokens} tokens · {r.tokens_per_sec:.1f} tok/s · stopped by {r.stopped_by}",
+        text.append(f"\n{r.new_tokens} tokens · {r.tokens_per_sec:.1f} tok/s · {stop_phrase(r.stopped_by)}",
                     style="dim italic")
     elif turn.error:
         text.append(f"\n✗ {turn.error}", style="red")

@@ -43,13 +43,14 @@ class CheckpointsScreen(ListsCheckpoints, Screen):
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (110, "-wide")]
     VERTICAL_BREAKPOINTS = [(0, "-short"), (32, "-tall")]
     BINDINGS = [
-        Binding("g", "generate", "Generate"),
-        Binding("t", "train", "Continue"),
-        Binding("r", "rename", "Rename"),
-        Binding("d", "delete", "Delete"),
+        # The buttons say their keys ("Generate g"): the footer keeps the app's screen keys instead.
+        Binding("g", "generate", "Generate", show=False),
+        Binding("t", "train", "Continue", show=False),
+        Binding("r", "rename", "Rename", show=False),
+        Binding("d", "delete", "Delete", show=False),
         Binding("delete", "delete", "Delete", show=False),
-        Binding("e", "export", "Export"),
-        Binding("i", "import('book')", "Import"),
+        Binding("e", "export", "Export", show=False),
+        Binding("i", "import('book')", "Import", show=False),
         Binding("h", "import('hf')", "Import HF folder", show=False),
         Binding("w", "import('size')", "Download GPT-2", show=False),
         Binding("k", "import('tokenizer')", "Tokenizer files", show=False),
@@ -90,7 +91,7 @@ class CheckpointsScreen(ListsCheckpoints, Screen):
                 with VerticalScroll(id="ckpt-meta-scroll"):
                     yield Static("", id="ckpt-meta")
                 yield MetricChart("loss: green train, red val", id="ckpt-chart")
-        yield Footer()
+        yield Footer(compact=True)  # at 80 columns: the screen's keys, the app's F-keys and Quit
 
     def on_mount(self) -> None:
         self.infos: dict[str, checkpoints.CheckpointInfo] = {}

@@ -211,7 +211,7 @@ class CompareScreen(Screen):
             for chart_id, (title, _, _) in CHARTS.items():
                 kind = "cmp-ppl" if chart_id.endswith("ppl") else "cmp-loss"
                 yield MetricChart(title, id=chart_id, classes=kind, legend=True)
-        yield Footer()
+        yield Footer(compact=True)  # at 80 columns: the screen's keys, the app's F-keys and Quit
 
     def on_mount(self) -> None:
         self.sub_title = f"Compare {len(self.run_dirs)} run{'s' if len(self.run_dirs) != 1 else ''}"

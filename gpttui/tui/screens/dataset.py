@@ -65,8 +65,8 @@ class TextTree(DirectoryTree):
 class DatasetScreen(Screen):
     AUTO_FOCUS = "#source"  # typing at once goes into the Source field, not to a panel
     BINDINGS = [
-        Binding("ctrl+o", "browse", "Browse files", priority=True),
-        Binding("ctrl+b", "builtin", "Built-in corpus", priority=True),
+        Binding("ctrl+o", "browse", "Browse", priority=True, tooltip="pick a file or folder"),
+        Binding("ctrl+b", "builtin", "Built-in", priority=True, tooltip="Python's reference manual, shipped with CPython"),
         # Priority: the focus moves before the next key is delivered. Without it Tab travels up from the
         # focused widget to the app first, and keys typed right behind it go to the widget being left.
         Binding("tab", "app.focus_next", "Next field", show=False, priority=True),
@@ -105,7 +105,7 @@ class DatasetScreen(Screen):
                     yield Static("", id="files")
                 yield Label("Preview", classes="section")
                 yield Static("", id="preview")
-        yield Footer()
+        yield Footer(compact=True)  # at 80 columns: the screen's keys, the app's F-keys and Quit
 
     def on_mount(self) -> None:
         self._refresh_recent()

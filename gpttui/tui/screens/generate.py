@@ -135,10 +135,12 @@ class GenerateScreen(ListsCheckpoints, Screen):
     # Inputs own ctrl+a/e/d/k/u/w/x/c/v, the arrows and ctrl+arrows (word moves): the screen's keys
     # that must work while typing are F-keys and ctrl+l/y; ctrl+arrows and / only act outside inputs.
     BINDINGS = [
-        Binding("escape", "escape", "Stop/prompt"),
-        Binding("ctrl+l", "clear", "Clear", priority=True),
-        Binding("ctrl+y", "copy", "Copy last turn", priority=True),
-        Binding("f6", "toggle_colour", "Probabilities", priority=True),
+        # The footer at 80 columns: F6 and the app's screen keys and Quit; the rest are in F1's help.
+        Binding("escape", "escape", "Stop", show=False,  # (the Stop button is beside the prompt)
+                tooltip="stop the reply; with none going, back to the prompt"),
+        Binding("ctrl+l", "clear", "Clear the chat", priority=True, show=False),
+        Binding("ctrl+y", "copy", "Copy the last turn", priority=True, show=False),
+        Binding("f6", "toggle_colour", "Probs", priority=True, tooltip="colour the tokens by probability"),
         # F7/F8 are named under the chat whenever the colours are on (the footer has no room left)
         Binding("f7", "select_token(-1)", "Previous token", show=False, priority=True),
         Binding("f8", "select_token(1)", "Next token", show=False, priority=True),
@@ -156,7 +158,7 @@ class GenerateScreen(ListsCheckpoints, Screen):
                     yield Static(prob_legend(), id="prob-legend")
                     yield Static(INSPECTOR_HINT, id="token-details", classes="hint")
                 with Horizontal(id="prompt-row"):
-                    yield PromptInput(id="prompt", placeholder="Type a prompt and press Enter (↑/↓: history)")
+                    yield PromptInput(id="prompt", placeholder="Your prompt, then Enter (↑/↓: history)")
                     yield Button("Send", id="send", variant="primary")
                     yield Button("Stop", id="stop", variant="error", disabled=True)
             with VerticalScroll(id="generate-side", classes="panel"):
@@ -170,7 +172,7 @@ class GenerateScreen(ListsCheckpoints, Screen):
                 yield Field("Stop at", "", id="stop_strings", kind="text", placeholder='e.g. \\n\\n | "."')
                 yield Checkbox("Colour by probability (F6)", False, id="colour")
                 yield Static("", id="sampling-problems")
-        yield Footer()
+        yield Footer(compact=True)  # at 80 columns: the screen's keys, the app's F-keys and Quit
 
     def on_mount(self) -> None:
         self.turns: list[Turn] = []

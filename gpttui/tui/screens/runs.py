@@ -61,19 +61,20 @@ def row_cells(status: RunStatus, marked: bool, now: float) -> tuple:
 class RunsScreen(Screen):
     BINDINGS = [
         Binding("enter", "attach", "Attach", priority=True),
-        Binding("p", "command('pause')", "Pause"),
-        Binding("r", "command('resume')", "Resume"),
-        Binding("s", "command('save')", "Save now"),
-        Binding("x", "command('stop')", "Stop"),
-        Binding("space", "mark", "Mark"),
-        Binding("c", "compare", "Compare marked"),
+        # p/r/s/x and space are named in the line above the table; the footer keeps the app's screen keys.
+        Binding("p", "command('pause')", "Pause", show=False),
+        Binding("r", "command('resume')", "Resume", show=False),
+        Binding("s", "command('save')", "Save now", show=False),
+        Binding("x", "command('stop')", "Stop", show=False),
+        Binding("space", "mark", "Mark", show=False),
+        Binding("c", "compare", "Compare", tooltip="the marked runs overlaid"),
     ]
 
     def compose(self) -> ComposeResult:
         yield Header()
         yield Static("Listing the runs…", id="runs-info")
         yield DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
-        yield Footer()
+        yield Footer(compact=True)  # at 80 columns: the screen's keys, the app's F-keys and Quit
 
     def on_mount(self) -> None:
         self.runs: dict[str, RunStatus] = {}

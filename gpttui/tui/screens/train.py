@@ -28,7 +28,8 @@ from gpttui.core.train import TrainConfig, Trainer
 from gpttui.tui.dialogs import ConfirmDialog, ContinueDialog
 from gpttui.tui.listing import ListsCheckpoints
 from gpttui.tui.messages import CheckpointsListed
-from gpttui.tui.render import context_note, status_text
+from gpttui.core.printable import split_controls
+from gpttui.tui.render import append_printable, context_note, status_text
 from gpttui.tui.state import BACKGROUND, IN_APP
 from gpttui.tui.widgets import Field, MetricChart, read_field
 
@@ -76,12 +77,14 @@ def gpt2_files_missing() -> bool:
 
 class TrainScreen(ListsCheckpoints, Screen):
     BINDINGS = [
-        # Short descriptions: at 80 columns the footer must keep these and the app's F2-F5 and Quit.
-        # check_action shows Start while no run goes on here, and Pause/Stop/Save while one does.
-        Binding("f6", "start", "Start", priority=True, tooltip="Start training with the settings on screen"),
-        Binding("f7", "pause", "Pause", priority=True, tooltip="Pause or resume the run"),
-        Binding("f8", "stop", "Stop", priority=True, tooltip="Stop after this step, then save"),
-        Binding("f9", "save", "Save", priority=True, tooltip="Save a checkpoint after this step"),
+        # F6-F9 are written on the buttons ("Start F6"), so the footer leaves them out and keeps the app's
+        # screen keys at 80 columns. check_action allows Start while no run goes on here, and Pause/Stop/Save
+        # while one does (the palette follows it).
+        Binding("f6", "start", "Start", priority=True, show=False,
+                tooltip="Start training with the settings on screen"),
+        Binding("f7", "pause", "Pause", priority=True, show=False, tooltip="Pause or resume the run"),
+        Binding("f8", "stop", "Stop", priority=True, show=False, tooltip="Stop after this step, then save"),
+        Binding("f9", "save", "Save", priority=True, show=False, tooltip="Save a checkpoint after this step"),
         # ctrl+b: the settings pane, as VS Code's sidebar (Input owns ctrl+a/e/d/k/u/w/x/c/v)
         Binding("ctrl+b", "toggle_form", "Show/hide the settings pane", priority=True, show=False),
         Binding("ctrl+t", "toggle_x", "x axis: step / tokens seen", priority=True, show=False),
@@ -572,8 +575,9 @@ class TrainScreen(ListsCheckpoints, Screen):
     def _show_samples(self, samples) -> None:
         box = self.query_one("#samples", VerticalScroll)
         for sample in samples[self._samples_shown:]:
-            widget = Static(Text.assemble((f"step {sample.step} · epoch {sample.epoch}\n", "dim"), sample.text),
-                            classes="sample")
+            text = Text(f"step {sample.step} · epoch {sample.epoch}\n", style="dim")
+            append_printable(text, split_controls(sample.text))  # an ESC shown as ␛, never obeyed
+            widget = Static(text, classes="sample")
             if box.children:
                 box.mount(widget, before=0)
             else:
