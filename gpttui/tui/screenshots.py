@@ -128,7 +128,7 @@ async def _generate(app, pilot, seen: _Recorder) -> None:
     await pilot.pause()
     chat = app.screen
     chat.query_one("#colour", Checkbox).value = True
-    for turn, (preset, prompt) in enumerate((("book greedy", "The return statement"),
+    for turn, (preset, prompt) in enumerate((("creative", "The return statement"),
                                              ("book top-k 25, T 1.4", "A class definition"))):
         chat.query_one("#sampling-preset", Select).value = preset
         await pilot.pause()
@@ -138,8 +138,8 @@ async def _generate(app, pilot, seen: _Recorder) -> None:
         await pilot.press("enter")
         await seen.wait_for(lambda m, t=turn: isinstance(m, GenerationDone) and m.turn == t)
         await pilot.pause()
-    for _ in range(3):
-        await pilot.press("ctrl+left")
+    for _ in range(3):  # a token of the last reply picked: its probability and the alternatives under the chat
+        await pilot.press("f7")
     await pilot.pause()
 
 

@@ -291,7 +291,11 @@ class CheckpointsScreen(ListsCheckpoints, Screen):
         mark = {"error": "✗ ", "warning": "! ", "success": "✓ "}.get(severity, "")
         long = severity == "error" and ("\n" in text.strip() or len(text) > 200)
         line = text.strip().splitlines()[0] if long else text
-        body = escape(mark + (f"{title or 'Failed'}: the message is below (Esc closes it)." if long else text))
+        if long:  # the line says what it is about (its start), the panel says the rest
+            head = line if len(line) <= 60 else line[:60].rsplit(" ", 1)[0] + " …"
+            body = escape(f"{mark}{title + ': ' if title else ''}{head} (all of it below; Esc closes it)")
+        else:
+            body = escape(mark + text)
         if severity == "success":
             self.action_close_message()
         self.query_one("#ckpt-status", Static).update(f"[{colour}]{body}[/]" if colour else body)
