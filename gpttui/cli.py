@@ -458,8 +458,9 @@ def _add_train_parser(sub) -> None:
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N, mps")
     p.add_argument("--dtype", choices=["fp32", "bf16"], help="default fp32")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--save", metavar="NAME", help="checkpoint name (default: run-<id>; with --resume, the resumed "
-                                                  "name when training on its own data, else NAME-on-<data>)")
+    p.add_argument("--save", metavar="NAME", help="checkpoint name (default: the text and shape, e.g. pydoc-2L128d; "
+                                                  "with --resume, the resumed name when training on its own data, "
+                                                  "else NAME-on-<data>)")
     p.add_argument("--overwrite", action="store_true", help="allow --save to replace an existing checkpoint")
     p.add_argument("--resume", metavar="NAME", help="continue training a checkpoint (on its own data by default)")
     p.add_argument("--fresh-optimizer", action="store_true",

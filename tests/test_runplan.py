@@ -97,3 +97,28 @@ def test_jsonable_keeps_both_ways_of_writing_infinity():
     assert jsonable(-math.inf, inf_as_text=True) == "-inf"
     with pytest.raises(TypeError, match="cannot be written as JSON"):
         jsonable({"x": object()})
+
+
+def test_an_unnamed_new_model_is_named_by_its_text_and_shape_and_never_takes_a_used_name():
+    """Default names tell runs apart (issue 13): the text and the shape, then -2, -3 for the next runs."""
+    from gpttui.core.config import GPTConfig
+    from gpttui.core.data import DataSettings, prepare_data
+    from gpttui.core.runplan import plan_save
+    from gpttui.core.store import default_store
+    from gpttui.core.tokenizer import ByteTokenizer
+    from gpttui.core.train import TrainConfig as RunConfig, Trainer
+
+    store = default_store()
+    shape = GPTConfig(vocab_size=257, context_length=16, emb_dim=16, n_heads=2, n_layers=1, drop_rate=0.0)
+    plan = plan_save(store, resume=None, requested=None, same_data=False, data_source="~/books/The Verdict.txt",
+                     run_id="x", model_config=shape)
+    assert (plan.name, plan.replaces, plan.continuing) == ("The-Verdict-1L16d", None, False)
+    data = prepare_data(DataSettings(source="builtin:pydoc-20k", tokenizer="bytes", context_length=16,
+                                     batch_size=4), ByteTokenizer())
+    names = []
+    for _ in range(2):
+        final = Trainer(data, ByteTokenizer(), RunConfig(max_steps=1, eval_freq=1, eval_iter=1, sample_tokens=0,
+                                                         device="cpu"), shape).run()
+        names.append(final.checkpoint)
+    assert names == ["pydoc-20k-1L16d", "pydoc-20k-1L16d-2"]
+    assert store.exists("pydoc-20k-1L16d") and store.exists("pydoc-20k-1L16d-2")

@@ -208,11 +208,21 @@ class SavePlan:
     note: str | None = None
 
 
+def default_name(store: Any, data_source: str, model_config: Any = None) -> str:
+    """A new model's name when the user gives none: its text and shape, ``pydoc-2L128d`` (``-2``, ``-3``...
+    when taken), which tells runs apart in a list better than a timestamp; the run id names its folder."""
+    from gpttui.core.store import unique_name
+
+    shape = f"-{model_config.n_layers}L{model_config.emb_dim}d" if model_config is not None else ""
+    return unique_name(store, f"{_slug(data_source)}{shape}")
+
+
 def plan_save(store: Any, *, resume: str | None, requested: str | None, same_data: bool, data_source: str,
-              run_id: str) -> SavePlan:
+              run_id: str, model_config: Any = None) -> SavePlan:
     """The one decision of where a run saves (the CLI and the app both ask here).
 
-    - A new model saves as ``requested`` or ``run-<id>``; an existing name needs the user's word.
+    - A new model saves as ``requested`` or, unnamed, as :func:`default_name` (its text and shape: a free
+      name); an existing name needs the user's word.
     - Continuing a checkpoint on its own data saves over it (its loss curve goes on in the checkpoint).
     - Continuing it on other data saves under a new name (``NAME-on-<data>``) unless the user names a
       checkpoint, and replacing one (the original included) needs the user's word.
@@ -220,7 +230,9 @@ def plan_save(store: Any, *, resume: str | None, requested: str | None, same_dat
     from gpttui.core.store import unique_name
 
     if resume is None:
-        name = requested or f"run-{run_id}"
+        if requested is None:
+            return SavePlan(default_name(store, data_source, model_config), False)
+        name = requested
         if store.exists(name):
             return SavePlan(name, False, f"Checkpoint {name!r} already exists; choose another name, or say to "
                                          "replace it (--overwrite).")
@@ -267,4 +279,5 @@ def _slug(source: str) -> str:
 
 __all__ = ["RunShape", "plan_model", "data_settings_for", "resume_data_defaults", "train_config_for",
            "checkpoint_data_settings", "prepare_checkpoint_data", "dataset_matches", "SavePlan", "plan_save",
+           "default_name",
            "RESUMED_TRAIN_FIELDS", "Position", "ResumeState", "load_resume"]

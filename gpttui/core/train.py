@@ -128,7 +128,7 @@ class Trainer:
         self.overwrite = overwrite
         self.fresh_optimizer = fresh_optimizer
         self.run_id = run_id or new_run_id()
-        self.save_name = config.save_name or (None if resume else f"run-{self.run_id}")  # resume: decided in _build
+        self.save_name = config.save_name  # None: decided in _build (resume: its rules; new: text and shape)
         self.lease = None  # the store's NameLease on save_name, held while the run lives
         self.notes: list[str] = []
         self._step_offset = 0  # steps done before this data's epoch 0 (resumed on other data)
@@ -209,7 +209,7 @@ class Trainer:
 
         store = default_store()
         plan = plan_save(store, resume=self.resume, requested=self.save_name, same_data=self.same_data,
-                         data_source=self.data.corpus.source, run_id=self.run_id)
+                         data_source=self.data.corpus.source, run_id=self.run_id, model_config=self.model_config)
         if plan.replaces and not self.overwrite:
             raise ConfigError(plan.replaces)
         if plan.note:

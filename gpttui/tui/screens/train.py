@@ -120,7 +120,8 @@ class TrainScreen(ListsCheckpoints, Screen):
                     yield Field(label, "" if value is None else value, id=fid, kind=kind, minimum=minimum, tooltip=tip)
                 yield Field("Sample prompt", d.start_context, id="start_context", kind="text")
                 yield Checkbox("sample at each eval", True, id="sample_at_eval")
-                yield Field("Save as", "", id="save_name", kind="text", placeholder="run-<id>")
+                yield Field("Save as", "", id="save_name", kind="text",
+                            placeholder="text + shape, e.g. pydoc-2L128d")
                 yield Select([("device: auto", "auto"), ("cpu", "cpu"), ("cuda", "cuda"), ("mps", "mps")],
                              value="auto", id="device", allow_blank=False)
                 yield Select([("dtype: fp32", "fp32"), ("bf16 autocast", "bf16")], value="fp32", id="dtype",
