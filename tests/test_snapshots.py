@@ -94,7 +94,7 @@ def _train_checkpoint(name: str) -> None:
     assert Trainer(data, ByteTokenizer(), config, model).run().event == "finished"
     meta_path = paths.checkpoints_dir() / name / "meta.json"
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    meta.update(created="2025-06-02T10:30:00+00:00", run_dir=str(paths.runs_dir() / CHAT_ID))
+    meta.update(created="2025-06-02T10:30:00+00:00", run_id=CHAT_ID, run_dir=str(paths.runs_dir() / CHAT_ID))
     meta_path.write_text(json.dumps(meta, indent=2), encoding="utf-8")
     for status_path in paths.runs_dir().glob("*/status.json"):  # its run: a fixed id, started 5 days ago
         status = json.loads(status_path.read_text(encoding="utf-8"))
