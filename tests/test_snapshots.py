@@ -42,7 +42,7 @@ from gpttui.core.procs import _process_start
 from gpttui.core.tokenizer import ByteTokenizer
 from gpttui.core.train import TrainConfig, Trainer
 from gpttui.tui.app import create_app
-from tui_helpers import settle, wait_workers
+from tui_helpers import settle, until, wait_workers
 
 HOME = Path(tempfile.gettempdir()) / f"gpttui-snapshots-{os.getuid()}"
 RUN = Path(__file__).parent / "data" / "tiny_run.jsonl"
@@ -148,14 +148,6 @@ async def steady(app, pilot, theme: str, workers: bool = True) -> None:
     for widget in app.screen.query(Input):
         widget.cursor_blink = False
     await pilot.pause()
-
-
-async def until(pilot, condition, what: str, timeout: float = 60.0) -> None:
-    """Until ``condition()`` holds (a worker thread's result), checked a frame at a time."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await pilot.pause(0.02)
 
 
 async def follow_live_run(app, pilot) -> None:

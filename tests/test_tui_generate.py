@@ -15,7 +15,7 @@ from gpttui.tui.app import create_app
 from gpttui.tui.messages import GenerationChunk
 from gpttui.tui.render import prob_style
 from gpttui.tui.screens.generate import GenerateScreen
-from tui_helpers import Messages, generation_done, settle, wait_workers
+from tui_helpers import Messages, generation_done, settle, start_tiny_run
 
 SMALL = DataSettings(source="builtin:pydoc", tokenizer="bytes", context_length=32, batch_size=4)
 TINY = GPTConfig(vocab_size=257, context_length=32, emb_dim=32, n_heads=2, n_layers=1, drop_rate=0.0)
@@ -119,16 +119,7 @@ async def test_chat_with_the_model_being_trained():
     messages = Messages()
     app = create_app(settings=SMALL)
     async with app.run_test(size=(120, 40), message_hook=messages) as pilot:
-        await pilot.pause()
-        await wait_workers(app, ("dataset",))
-        await pilot.press("f3")
-        await pilot.pause()
-        train = app.screen
-        for wid, value in (("n_layers", "1"), ("n_heads", "2"), ("emb_dim", "32"), ("max_steps", "100000"),
-                           ("save_name", "live")):
-            train.query_one(f"#{wid}", Input).value = value
-        await pilot.press("f6")
-        await messages.event(lambda e: e.event == "eval")
+        await start_tiny_run(app, pilot, messages, "live")
         await pilot.press("f4")
         await settle(app, pilot)
         screen = app.screen

@@ -4,7 +4,6 @@ inspector where the eye is, the colour legend, blank replies, control characters
 from __future__ import annotations
 
 import re
-import time
 
 import pytest
 from textual.geometry import Region
@@ -15,7 +14,7 @@ from gpttui.tui.app import create_app
 from gpttui.tui.screens.generate import TRAINING
 from test_printable import control_seed, save_newline_model
 from test_tui_generate import SMALL, open_generate, train_tiny
-from tui_helpers import Messages, generation_done, settle, wait_workers
+from tui_helpers import Messages, generation_done, settle, start_tiny_run, until
 
 
 def shown_text(widget) -> str:
@@ -144,27 +143,13 @@ async def test_control_characters_are_shown_as_symbols():
         assert not CONTROL.search(shown_text(screen.views[-1]))
 
 
-async def wait_until(pilot, predicate, seconds: float = 30.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await pilot.pause(0.05)
 
 
 async def test_the_training_entry_names_its_step_and_the_end_of_the_run():
     messages = Messages()
     app = create_app(settings=SMALL)
     async with app.run_test(size=(120, 40), message_hook=messages) as pilot:
-        await pilot.pause()
-        await wait_workers(app, ("dataset",))
-        await pilot.press("f3")
-        await pilot.pause()
-        train = app.screen
-        for wid, value in (("n_layers", "1"), ("n_heads", "2"), ("emb_dim", "32"), ("max_steps", "100000"),
-                           ("save_name", "entry")):
-            train.query_one(f"#{wid}", Input).value = value
-        await pilot.press("f6")
-        await messages.event(lambda e: e.event == "eval")
+        await start_tiny_run(app, pilot, messages, "entry")
         await pilot.press("f4")
         await settle(app, pilot)
         screen = app.screen
@@ -181,7 +166,7 @@ async def test_the_training_entry_names_its_step_and_the_end_of_the_run():
         await app.state.session.worker.wait()
         step = app.state.session.trainer.pos.step
         ended = f"Run {run}, step {step:,} (run ended)"
-        await wait_until(pilot, lambda: (ended, TRAINING) in screen.model_options)  # by itself, within a second
+        await until(pilot, lambda: (ended, TRAINING) in screen.model_options, "the entry to say the run ended", 30)  # by itself, within a second
         assert select.value == TRAINING
         turn = await send(pilot, screen, messages, "The ", max_new_tokens="4")
         assert turn.error is None and turn.model == f"run {run} @ step {step:,}"

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 from pathlib import Path
 
 from textual.widgets import Button, DataTable, Input, Select
@@ -26,19 +25,11 @@ from gpttui.tui.state import BACKGROUND, FollowedRun
 from test_faults import TINY_FLAGS, cli, corpus  # noqa: F401  (corpus is a fixture)
 from test_runs import env, events_of, gpttui_cmd, last_step, pids, wait_for  # noqa: F401  (pids is a fixture)
 from test_tui import set_tiny_model, text_of, wait_dataset
-from tui_helpers import Messages
+from tui_helpers import Messages, until
 
 DEADLINE_S = 90
 
 
-async def until(pilot, condition, what: str, timeout: float = DEADLINE_S):
-    """Let the app run until ``condition()`` is truthy (returned), or fail after ``timeout``."""
-    end = time.monotonic() + timeout
-    while not (value := condition()):
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await pilot.pause(0.05)
-    return value
 
 
 async def event_after(messages: Messages, mark: int, predicate):

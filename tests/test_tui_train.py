@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import time
 
 import pytest
 from textual.widgets import Input, Select, Static
@@ -20,7 +19,7 @@ from gpttui.core.runs import run_status, send_command
 from gpttui.tui.screens.train import TrainScreen
 from gpttui.tui.state import BACKGROUND, FollowedRun
 from gpttui.tui.widgets import MetricChart
-from tui_helpers import Messages, wait_workers
+from tui_helpers import Messages, until, wait_workers
 
 SMALL = DataSettings(source="builtin:pydoc", tokenizer="bytes", context_length=32, batch_size=4)
 BRAILLE = re.compile("[\u2801-\u28ff]")
@@ -203,14 +202,6 @@ async def test_the_buttons_fit_beside_the_settings_at_every_size():
                 assert str(button.label) in shown_text(button), (size, button.id)
 
 
-async def until(pilot, condition, what: str, timeout: float = 120):
-    """Let the app run until ``condition()`` is truthy (returned), or fail after ``timeout``."""
-    end = time.monotonic() + timeout
-    while not (value := condition()):
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await pilot.pause(0.05)
-    return value
 
 
 async def test_a_followed_background_run_gets_the_same_monitor_at_80x24():

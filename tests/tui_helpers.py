@@ -4,6 +4,7 @@ worker waits, and ``pilot.pause()``. Nothing here lives in the app."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Callable
 
 from textual.message import Message
@@ -82,3 +83,30 @@ async def generation_done(messages: Messages, pilot, screen, start: int = 0):
     await messages.wait_for(lambda m: isinstance(m, GenerationDone) and m.turn == index, timeout=120, start=start)
     await pilot.pause()
     return screen.turns[-1]
+
+
+async def until(pilot, condition: Callable, what: str, timeout: float = 120.0):
+    """Let the app run until ``condition()`` (a worker thread's or another process's result) is truthy,
+    checked a frame at a time, and return it; fail after ``timeout`` seconds naming ``what``."""
+    end = time.monotonic() + timeout
+    while not (value := condition()):
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await pilot.pause(0.05)
+    return value
+
+
+async def start_tiny_run(app, pilot, messages: Messages, save_name: str) -> None:
+    """From the Dataset screen: a 1-layer model started on the Train screen (F6) for as long as a test
+    needs it (it is stopped by the test or when the app ends), until its first evaluation."""
+    from textual.widgets import Input
+
+    await pilot.pause()
+    await wait_workers(app, ("dataset",))
+    await pilot.press("f3")
+    await pilot.pause()
+    for wid, value in (("n_layers", "1"), ("n_heads", "2"), ("emb_dim", "32"), ("max_steps", "100000"),
+                       ("save_name", save_name)):
+        app.screen.query_one(f"#{wid}", Input).value = value
+    await pilot.press("f6")
+    await messages.event(lambda e: e.event == "eval")
