@@ -168,11 +168,27 @@ def _final_event(run_dir: Path) -> dict | None:
 
 def _last_checkpoint_in_events(run_dir: Path) -> str | None:
     """The name in the run's last checkpoint event: found by a byte search from the end of events.jsonl,
-    so that listing a crashed 200,000-step run every few seconds does not parse its whole log."""
+    so that listing a crashed 200,000-step run every few seconds does not parse its whole log; and
+    remembered while the log is unchanged (a crashed run's no longer grows)."""
+    path = run_dir / "events.jsonl"
     try:
-        data = (run_dir / "events.jsonl").read_bytes()
+        stat = path.stat()
+        key = (stat.st_size, stat.st_mtime_ns)
+        if _checkpoint_seen.get(path, (None,))[0] == key:
+            return _checkpoint_seen[path][1]
+        data = path.read_bytes()
     except OSError:
         return None
+    name = _last_checkpoint_line(data)
+    _checkpoint_seen[path] = (key, name)
+    return name
+
+
+_checkpoint_seen: dict[Path, tuple[tuple[int, int], str | None]] = {}  # events.jsonl -> (size, mtime), name
+
+
+def _last_checkpoint_line(data: bytes) -> str | None:
+    """The name in the last ``checkpoint`` line of an events.jsonl's bytes."""
     end = len(data)
     while (at := data.rfind(b'{"event": "checkpoint"', 0, end)) >= 0:
         stop = data.find(b"\n", at)
