@@ -458,6 +458,9 @@ def _add_train_parser(sub) -> None:
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N, mps")
     p.add_argument("--dtype", choices=["fp32", "bf16"], help="default fp32")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--book", action=argparse.BooleanOptionalAction, default=None,
+                   help="book mode: the book's chapter-5 loop exactly (its data order, dropout, math, AdamW and "
+                        "printout); with the book's text and settings it prints the book's table")
     p.add_argument("--save", metavar="NAME", help="checkpoint name (default: the text and shape, e.g. pydoc-2L128d; "
                                                   "with --resume, the resumed name when training on its own data, "
                                                   "else NAME-on-<data>)")

@@ -38,6 +38,8 @@ class EventPrinter:
         self.out = out
         self.as_json = as_json
         self.last_step = None
+        self.book = False  # book mode: the book's lines exactly, nothing appended
+        self.book_check = None  # the book's own run: each evaluation compared with its printed table
 
     def __call__(self, event) -> None:
         from gpttui.core import events as ev
@@ -52,13 +54,17 @@ class EventPrinter:
                 f"{event.save_name!r}. Run: {event.run_dir}")
             for note in event.notes:
                 out(f"note: {note}", err=True)
+            self._start_book(event)
         elif isinstance(event, ev.StepEvent):
             self.last_step = event
         elif isinstance(event, ev.EvalEvent):
+            from gpttui.core.book import book_line
+
             last = self.last_step
-            extra = f", {last.tokens_per_sec:,.0f} tok/s, ETA {format_duration(last.eta)}" if last else ""
-            out(f"Ep {event.epoch} (Step {event.step:06d}): Train loss {event.train_loss:.3f}, "
-                f"Val loss {event.val_loss:.3f}{extra}")
+            extra = f", {last.tokens_per_sec:,.0f} tok/s, ETA {format_duration(last.eta)}" if last and not self.book else ""
+            out(book_line(event.epoch, event.step, event.train_loss, event.val_loss) + extra)
+            if self.book_check is not None:
+                self.book_check.add(event.step, event.train_loss, event.val_loss)
         elif isinstance(event, ev.SampleEvent):  # the book's line, control characters shown as symbols
             out(escape_controls(event.text.replace("\n", " ")))
         elif isinstance(event, ev.CheckpointEvent):
@@ -69,9 +75,28 @@ class EventPrinter:
             best = f", best val loss {event.best_val_loss:.3f}" if event.best_val_loss is not None else ""
             out(f"Finished ({event.reason}) after step {event.step} in {format_duration(event.elapsed)}, "
                 f"{event.tokens_seen:,} tokens seen{best}.")
+            if self.book_check is not None:
+                out(self.book_check.summary())
         elif isinstance(event, ev.FailedEvent):
             last = f" Last checkpoint: {event.last_checkpoint}." if event.last_checkpoint else ""
             out(f"error: {event.message}{last}", err=True)
+
+
+    def _start_book(self, event) -> None:
+        """Book mode prints the book's lines; on the book's own run it also checks them against the book."""
+        from gpttui.core.book import BookCheck, book_run_differences
+
+        self.book = bool(event.config.get("book"))
+        if not self.book:
+            return
+        differences = book_run_differences(event.config, event.model_config, event.dataset)
+        if not differences and not event.resumed_from:
+            self.book_check = BookCheck(event.device)
+            self.out("Book mode on the book's text and settings: each evaluation line is checked against the "
+                     "book's table.")
+        else:
+            self.out(f"Book mode: the book's loop; the book's table needs its run ({'; '.join(differences[:3])}"
+                     f"{'; ...' if len(differences) > 3 else ''}).", err=True)
 
 
 class ProgressBar:

@@ -148,6 +148,7 @@ class TrainConfig:
     compile: bool = False
     save_name: str | None = None
     checkpoint_every: int = 0
+    book: bool = False  # book mode: the book's loop, RNG use and math exactly (gpttui.core.book)
 
     def validate(self) -> None:
         problems = []
@@ -188,6 +189,13 @@ class TrainConfig:
             problems.append(f"checkpoint-every must be a whole number >= 0 (got {self.checkpoint_every!r})")
         if problems:
             raise ConfigError("Invalid training config: " + "; ".join(problems) + ".")
+        if self.book:
+            from gpttui.core.book import book_conflicts
+
+            conflicts = book_conflicts(self)
+            if conflicts:
+                raise ConfigError("Book mode runs the book's loop as printed, which has no " + ", no ".join(conflicts)
+                                  + ". Turn these off, or train without book mode.")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

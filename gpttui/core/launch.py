@@ -68,6 +68,7 @@ def _train_args(config: TrainConfig) -> list[str]:
     argv += _bool_flag("sample-at-eval", c.sample_at_eval)
     argv += _opt("--seed", c.seed) + _opt("--device", c.device) + _opt("--dtype", c.dtype)
     argv += _opt("--checkpoint-every", c.checkpoint_every)
+    argv += _bool_flag("book", c.book)
     if c.compile:
         argv.append("--compile")
     if c.save_name:

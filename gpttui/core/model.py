@@ -3,7 +3,10 @@
 Parameter names are the book's (``tok_emb``, ``trf_blocks.{i}.att.W_query`` ...), so a state_dict
 saved by the book's code loads as is and ours loads into the book's code. The math is the book's,
 computed through torch's fused kernels: causal ``scaled_dot_product_attention``, ``F.layer_norm``
-(eps 1e-5, biased variance) and tanh-approximated ``F.gelu``.
+(eps 1e-5, biased variance) and tanh-approximated ``F.gelu``. :func:`use_book_math` switches a model to
+the book's own formulas (an explicit causal mask, softmax and ``nn.Dropout`` on the attention weights; the
+written-out LayerNorm and GELU), which book mode trains with: same weights, same results to the last bit
+as the book's code, slower.
 """
 
 from __future__ import annotations
@@ -94,6 +97,8 @@ class MultiHeadAttention(nn.Module):
         self.W_value = nn.Linear(d_in, d_out, bias=qkv_bias)
         self.out_proj = nn.Linear(d_out, d_out)
         self.dropout = dropout
+        self.book_math = False  # see use_book_math
+        self._book_masks: dict[tuple[int, str], torch.Tensor] = {}
         # The book keeps a (context x context) ``mask`` buffer; SDPA's causal mode replaces it.
         # Book state_dicts carry it, so it is dropped on load (see _load_from_state_dict).
 
@@ -104,15 +109,19 @@ class MultiHeadAttention(nn.Module):
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         b, t, _ = x.shape
         shape = (b, t, self.num_heads, self.head_dim)
-        q = self.W_query(x).view(shape).transpose(1, 2)
+        # Keys first, as the book computes them: the three gradients reaching x are then summed in the book's
+        # order, which keeps book mode's gradients the book's to the bit.
         k = self.W_key(x).view(shape).transpose(1, 2)
+        q = self.W_query(x).view(shape).transpose(1, 2)
         v = self.W_value(x).view(shape).transpose(1, 2)
         past = 0
         if cache is not None:
             past = cache.layer_length(layer)
             k, v = cache.append(layer, k, v)
         dropout_p = self.dropout if self.training else 0.0
-        if past == 0:
+        if self.book_math and cache is None:
+            out = self._book_attention(q, k, v)
+        elif past == 0:
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
         elif t == 1:
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
@@ -123,6 +132,20 @@ class MultiHeadAttention(nn.Module):
         out = out.transpose(1, 2).reshape(b, t, self.d_out)
         return self.out_proj(out)
 
+    def _book_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """The book's attention, op for op: scores, the upper triangle set to -inf, softmax of the scores
+        over sqrt(head_dim), dropout on the weights (drawing from the global RNG as ``nn.Dropout``)."""
+        t = q.shape[2]
+        key = (t, str(q.device))
+        mask = self._book_masks.get(key)
+        if mask is None:
+            mask = self._book_masks[key] = torch.triu(torch.ones(t, t, device=q.device), diagonal=1).bool()
+        scores = q @ k.transpose(2, 3)
+        scores.masked_fill_(mask, -torch.inf)
+        weights = torch.softmax(scores / k.shape[-1] ** 0.5, dim=-1)
+        weights = F.dropout(weights, self.dropout, self.training)
+        return weights @ v
+
 
 class LayerNorm(nn.Module):
     def __init__(self, emb_dim: int) -> None:
@@ -130,13 +153,23 @@ class LayerNorm(nn.Module):
         self.eps = 1e-5
         self.scale = nn.Parameter(torch.ones(emb_dim))
         self.shift = nn.Parameter(torch.zeros(emb_dim))
+        self.book_math = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.book_math:
+            mean = x.mean(dim=-1, keepdim=True)
+            var = x.var(dim=-1, keepdim=True, unbiased=False)
+            return self.scale * ((x - mean) / torch.sqrt(var + self.eps)) + self.shift
         return F.layer_norm(x, (x.shape[-1],), self.scale, self.shift, self.eps)
 
 
 class GELU(nn.Module):
+    book_math = False
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.book_math:
+            c = torch.sqrt(torch.tensor(2.0 / torch.pi))
+            return 0.5 * x * (1 + torch.tanh(c * (x + 0.044715 * torch.pow(x, 3))))
         return F.gelu(x, approximate="tanh")
 
 
@@ -208,6 +241,15 @@ class GPTModel(nn.Module):
 
     def new_cache(self) -> KVCache:
         return KVCache(self.cfg.n_layers, capacity=self.cfg.context_length)
+
+
+def use_book_math(model: nn.Module, on: bool = True) -> nn.Module:
+    """Compute with the book's formulas (``on``) or torch's fused kernels; the weights are untouched.
+    Incremental decoding with a KV cache always uses the fused attention."""
+    for module in unwrap_model(model).modules():
+        if isinstance(module, (MultiHeadAttention, LayerNorm, GELU)):
+            module.book_math = on
+    return model
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -31,6 +31,7 @@ import torch
 
 from gpttui import __version__
 from gpttui.core import paths
+from gpttui.core.book import BookParts, book_loaders, book_sample, epoch_batches
 from gpttui.core.config import GPTConfig, TrainConfig
 from gpttui.core.control import TrainControl
 from gpttui.core.data import PreparedData
@@ -38,7 +39,7 @@ from gpttui.core.errors import ConfigError, GPTTUIError
 from gpttui.core.events import (EVENT_TYPES, Callback, CheckpointEvent, EvalEvent, Event, FailedEvent, FinishedEvent, RunLog, SampleEvent, Started, StateEvent, StepEvent,
                                 new_run_id, now_iso, read_run_events)
 from gpttui.core.generate import sample_text
-from gpttui.core.model import GPTModel, count_parameters, perplexity
+from gpttui.core.model import GPTModel, calc_loss_loader, count_parameters, perplexity, use_book_math
 from gpttui.core.resources import pick_device
 from gpttui.core.runplan import (Position, SavePlan, checkpoint_data_settings, dataset_matches, load_resume,
                                  plan_save, prepare_checkpoint_data)
@@ -144,6 +145,11 @@ class Trainer:
         self._log: RunLog | None = None
         self._status = None  # gpttui.core.runs.StatusWriter: status.json, for other processes
         self._inbox = None  # gpttui.core.runs.CommandInbox: commands/ from other processes
+        # Book mode (config.book): which parts of the book's run are reproduced (bench/book_diff.py sets
+        # parts one at a time), the book's DataLoaders, and the global RNG state when this epoch began.
+        self.book_parts = BookParts() if config.book else BookParts.none()
+        self._book_train = self._book_val = None
+        self._book_epoch_rng: torch.Tensor | None = None
 
     # -- reporting
     def _emit(self, event: Event) -> None:
@@ -183,7 +189,15 @@ class Trainer:
                 f"The data's context length ({self.data.settings.context_length}) exceeds the model's "
                 f"({self.model_config.context_length}); lower the data's context length.")
         self.model.to(device)
-        self.optimizer = make_optimizer(self.model, cfg, device)
+        parts = self.book_parts
+        if parts.math:
+            use_book_math(self.model)
+        if parts.data_order or parts.eval_batches:
+            self._book_train, self._book_val = book_loaders(self.data)
+        if parts.optimizer:  # the book's AdamW, as constructed in chapter 5
+            self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        else:
+            self.optimizer = make_optimizer(self.model, cfg, device)
         if self._resume_opt is not None:
             self.optimizer.load_state_dict(self._resume_opt)
         return device, count_parameters(self.model)
@@ -197,6 +211,9 @@ class Trainer:
         if state.history is not None:
             self.history = state.history
         self._resume_opt, self._resume_rng = state.optimizer_state, state.rng
+        epoch_rng = (state.rng or {}).get("book_epoch_torch")
+        if epoch_rng is not None:
+            self._book_epoch_rng = torch.as_tensor(epoch_rng, dtype=torch.uint8).cpu()
         self.notes += state.notes
 
     def data_matches(self, dataset: dict | None) -> bool:
@@ -230,10 +247,25 @@ class Trainer:
 
     def _batches(self) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor]]:
         """(epoch, batch index, inputs, targets) from the current data position on."""
+        if self.book_parts.data_order:
+            yield from self._book_batches()
+            return
         loader = self.data.train_loader
         epoch, start = self.pos.epoch, self.pos.batch
         while epoch < self.config.epochs:
             for b, (x, y) in enumerate(loader.epoch(epoch, start), start=start):
+                yield epoch, b, x, y
+            epoch, start = epoch + 1, 0
+
+    def _book_batches(self) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor]]:
+        """Book mode's batches: each epoch a ``for`` over the book's train DataLoader, its shuffle drawn
+        from the global RNG when the epoch begins (that state is kept, so a resumed run replays it)."""
+        epoch, start = self.pos.epoch, self.pos.batch
+        while epoch < self.config.epochs:
+            if start == 0:
+                self._book_epoch_rng = torch.get_rng_state()
+            batches = epoch_batches(self._book_train, start, self._book_epoch_rng if start else None)
+            for b, (x, y) in enumerate(batches, start=start):
                 yield epoch, b, x, y
             epoch, start = epoch + 1, 0
 
@@ -245,6 +277,9 @@ class Trainer:
         model, n = self.model, self.config.eval_iter
         model.eval()
         try:
+            if self.book_parts.eval_batches:  # through the loaders: the draws of the book's iter() calls
+                return (calc_loss_loader(self._book_train, model, device, num_batches=n),
+                        calc_loss_loader(self._book_val, model, device, num_batches=n))
             train = self.data.train_loader
             order = train.order(epoch=1_000_003 + self.pos.step).numpy()
             bs = train.batch_size
@@ -274,6 +309,11 @@ class Trainer:
     def _sample(self, device: torch.device, epoch: int) -> None:
         if not self.config.start_context or self.config.sample_tokens <= 0:
             return
+        if self.book_parts.math:
+            text = book_sample(self.model, self.tokenizer, self.config.start_context, self.config.sample_tokens,
+                               device)
+            self._emit(SampleEvent(self.pos.step, epoch, self.config.start_context, text))
+            return
         with self._autocast(device):
             text = sample_text(self.model, self.tokenizer, self.config.start_context, self.config.sample_tokens,
                                self.model_config.context_length, device)
@@ -284,10 +324,13 @@ class Trainer:
         from gpttui.core import checkpoints
 
         p = self.pos
+        rng = checkpoints.capture_rng_state()
+        if self.book_parts.data_order and self._book_epoch_rng is not None and p.batch:
+            rng["book_epoch_torch"] = self._book_epoch_rng.clone()  # replays this epoch's shuffle on resume
         return {
             "position": {"step": p.step, "epoch": p.epoch, "batch": p.batch, "tokens_seen": p.tokens_seen,
                          "best_val_loss": p.best_val_loss},
-            "rng": checkpoints.capture_rng_state(),
+            "rng": rng,
             "history": self.history,
             "run_id": self.run_id,
         }
@@ -421,6 +464,9 @@ class Trainer:
         self._log.write_config({"train_config": cfg.to_dict(), "model_config": self.model_config.to_dict(),
                                 "dataset": self.data.identity(), "resume": self.resume,
                                 "gpttui_version": __version__, "created": now_iso()})
+        if self.book_parts.data_order and self.pos.batch and self._book_epoch_rng is None:
+            self.notes.append(f"{self.resume!r} was saved mid-epoch outside book mode: the rest of epoch "
+                              f"{self.pos.epoch + 1} follows a new shuffle, so this run will not match the book's.")
         self._emit(Started(self.run_id, str(self._log.dir), cfg.to_dict(), self.model_config.to_dict(), n_params,
                            str(device), cfg.dtype, total_steps, per_epoch, tokens_per_step, self.pos.step,
                            self.resume, self.data.identity(), self.save_name, list(self.notes)))
