@@ -99,7 +99,7 @@ def train_config(setup: Setup, book: bool = True, **changes) -> TrainConfig:
 
 
 def run_gpttui(setup: Setup, book: bool = True, parts: BookParts | None = None, data=None, resume: str | None = None,
-               stop_at: int | None = None, **changes) -> Result:
+               stop_at: int | None = None, overwrite: bool = False, **changes) -> Result:
     """gpttui's trainer on the same run, its events printed as the book prints them. ``parts`` picks the
     parts of book mode to reproduce (bench/book_diff.py); ``stop_at`` stops (and saves) after that step."""
     data = data or data_for(setup)
@@ -113,7 +113,7 @@ def run_gpttui(setup: Setup, book: bool = True, parts: BookParts | None = None, 
 
     model_config = None if resume else setup.model.replace(vocab_size=setup.tokenizer.vocab_size)
     trainer = Trainer(data, setup.tokenizer, train_config(setup, book, **changes), model_config, callback=callback,
-                      control=control, resume=resume)
+                      control=control, resume=resume, overwrite=overwrite)
     if parts is not None:
         trainer.book_parts = parts
     trainer.run()
