@@ -131,7 +131,11 @@ SCREEN_HELP = {
         "tokens/s are charted against steps or tokens seen ({key:toggle_x}), with an EMA "
         "({key:toggle_ema}) and a log y axis ({key:toggle_log}). The run goes on while you look at other "
         "screens; quitting while it trains asks whether to stop and save first. A run attached from the "
-        "Runs screen (F10) is monitored and steered here the same way."),
+        "Runs screen (F10) is monitored and steered here the same way.\n\n"
+        "Book mode (under Optimiser) runs the book's chapter-5 loop exactly: its data order, dropout, AdamW "
+        "and printout, so the book's text (the-verdict.txt) with its GPT-2 124M settings prints the book's "
+        "table. Warmup, lr decay, grad clip and accumulation, bf16 and samples at each eval are off while "
+        "it is on; what you typed there comes back when you turn it off."),
     "GenerateScreen": (
         "Generate: talk to a checkpoint, an imported GPT-2, or the model being trained.\n\n"
         "Type a prompt and press Enter; the text streams in token by token and {key:stop} stops it. The "

@@ -25,6 +25,7 @@ from gpttui.core.store import default_store
 from gpttui.core.smooth import DEFAULT_EMA_WEIGHT
 from gpttui.core.runplan import checkpoint_data_settings, dataset_matches, plan_save, prepare_checkpoint_data
 from gpttui.core.train import TrainConfig, Trainer
+from gpttui.tui.book_switch import BookSwitch, book_widgets, with_book_tag
 from gpttui.tui.dialogs import ConfirmDialog, ContinueDialog
 from gpttui.tui.listing import ListsCheckpoints
 from gpttui.tui.messages import CheckpointsListed
@@ -75,7 +76,7 @@ def gpt2_files_missing() -> bool:
     return not any(all((d / name).is_file() for name in tok.GPT2_FILES) for d in dirs)
 
 
-class TrainScreen(ListsCheckpoints, Screen):
+class TrainScreen(BookSwitch, ListsCheckpoints, Screen):
     BINDINGS = [
         # F6-F9 are written on the buttons ("Start F6"), so the footer leaves them out and keeps the app's
         # screen keys at 80 columns. check_action allows Start while no run goes on here, and Pause/Stop/Save
@@ -115,6 +116,7 @@ class TrainScreen(ListsCheckpoints, Screen):
                 yield Checkbox("tie embeddings", True, id="tie_weights")
                 yield Static("", id="model-info")
                 yield Label("Optimiser", classes="section")
+                yield from book_widgets()
                 for fid, label, kind, minimum, tip in OPTIM_FIELDS:
                     value = getattr(d, fid)
                     yield Field(label, "" if value is None else value, id=fid, kind=kind, minimum=minimum, tooltip=tip)
@@ -225,6 +227,10 @@ class TrainScreen(ListsCheckpoints, Screen):
             self.query_one(wid).disabled = not new
         self._update_model_info()
 
+    @on(Checkbox.Changed, "#book")
+    def _book_changed(self, event: Checkbox.Changed) -> None:
+        self.set_book_mode(event.value)
+
     @on(Input.Changed, "#n_layers, #n_heads, #emb_dim, #model_context, #drop_rate")
     @on(Checkbox.Changed, "#qkv_bias, #tie_weights")
     def _shape_changed(self) -> None:
@@ -249,6 +255,7 @@ class TrainScreen(ListsCheckpoints, Screen):
         ).model_config
 
     def train_config(self) -> TrainConfig:
+        self.set_book_mode(self.book_mode)  # the switch's Changed message may still be on its way
         values: dict = {}
         for fid, label, kind, _, _ in OPTIM_FIELDS:
             try:
@@ -260,6 +267,7 @@ class TrainScreen(ListsCheckpoints, Screen):
         values["save_name"] = self.query_one("#save_name", Input).value.strip() or None
         values["device"] = str(self.query_one("#device", Select).value)
         values["dtype"] = str(self.query_one("#dtype", Select).value)
+        values["book"] = self.book_mode
         config = TrainConfig(**values)
         config.validate()
         return config
@@ -566,7 +574,7 @@ class TrainScreen(ListsCheckpoints, Screen):
         self.query_one("#chart-lr", MetricChart).set_series([("lr", sx, sv.get("lr", []))], xlabel)
         self.query_one("#chart-tps", MetricChart).set_series([("tok/s", sx, sv.get("tokens_per_sec", []))], xlabel)
         self.query_one("#progress", ProgressBar).update(total=1.0, progress=snap.progress)
-        status = status_text(snap) if snap.status != "idle" else IDLE_STATUS
+        status = status_text(with_book_tag(snap)) if snap.status != "idle" else IDLE_STATUS
         if session is not self.app.state.session:
             status += (f"\n[dim]{escape(session.kind)} · from a terminal: "
                        f"`gpttui runs attach {escape(session.run_dir.name)}`[/dim]")
