@@ -81,7 +81,6 @@ class EventPrinter:
             last = f" Last checkpoint: {event.last_checkpoint}." if event.last_checkpoint else ""
             out(f"error: {event.message}{last}", err=True)
 
-
     def _start_book(self, event) -> None:
         """Book mode prints the book's lines; on the book's own run it also checks them against the book."""
         from gpttui.core.book import BookCheck, book_run_differences

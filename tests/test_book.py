@@ -86,6 +86,16 @@ def test_book_mode_resumes_mid_epoch_as_if_never_stopped(tmp_path):
         assert torch.equal(second.model.state_dict()[key], value), key
 
 
+def test_book_mode_says_when_it_cannot_replay_an_epoch(tmp_path):
+    """A default-mode checkpoint saved mid-epoch has no book-mode shuffle to replay: book mode says so."""
+    setup = Setup(_text(tmp_path, 1_000), ByteTokenizer(), SMALL, epochs=1, start_context="def ")
+    run_gpttui(setup, book=False, save_name="plain", stop_at=3)
+    resumed = run_gpttui(setup, resume="plain", max_steps=5)
+    started = next(e for e in resumed.events if isinstance(e, Started))
+    assert started.config["book"] and any("saved mid-epoch outside book mode" in n for n in started.notes)
+    assert len(resumed.step_losses) == 2
+
+
 def test_book_math_is_the_books_to_the_bit():
     """Same seed, same batch, dropout on: logits and every gradient equal the book's GPTModel's."""
     torch.manual_seed(123)

@@ -19,7 +19,6 @@ book's AdamW (not fused), and samples with ``generate_text_simple`` (no KV cache
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator
 
@@ -43,10 +42,6 @@ class BookParts:
     @classmethod
     def none(cls) -> "BookParts":
         return cls(False, False, False, False)
-
-    @property
-    def any(self) -> bool:
-        return any(dataclasses.astuple(self))
 
 
 def book_conflicts(config: TrainConfig) -> list[str]:
@@ -206,9 +201,9 @@ class BookCheck:
         if want is None:
             return
         self.seen += 1
-        got = (round(train_loss, 3), round(val_loss, 3))
-        if f"{train_loss:.3f} {val_loss:.3f}" != f"{want[0]:.3f} {want[1]:.3f}":
-            self.differ.append(f"Step {steps_done - 1:06d}: {got[0]:.3f}/{got[1]:.3f} (book: {want[0]:.3f}/{want[1]:.3f})")
+        got, book = f"{train_loss:.3f}/{val_loss:.3f}", f"{want[0]:.3f}/{want[1]:.3f}"
+        if got != book:
+            self.differ.append(f"Step {steps_done - 1:06d}: {got} (book: {book})")
 
     def summary(self) -> str:
         total = len(BOOK_TABLE)

@@ -3,7 +3,8 @@
 Same semantics as the book (AdamW, evaluation every ``eval_freq`` steps on ``eval_iter`` batches,
 a greedy sample after each epoch, tokens seen counted per input batch), plus warmup + cosine decay,
 gradient clipping and accumulation, bf16 autocast, fused AdamW, optional ``torch.compile``, exact
-resume from checkpoints, and a run directory with an append-only JSONL of events.
+resume from checkpoints, and a run directory with an append-only JSONL of events. ``TrainConfig.book``
+runs the book's loop exactly instead: its data order, RNG use, math and AdamW (:mod:`gpttui.core.book`).
 
 The trainer never touches a UI: it reports through the event dataclasses of
 :mod:`gpttui.core.events` given to a callback, and is controlled from any thread through
