@@ -188,7 +188,10 @@ async def until(condition, what: str) -> None:
 
 
 def start_detached_run(corpus, pids: list[int]) -> tuple[dict, Path]:
-    launched = subprocess.run(gpttui_cmd("train", "--data", str(corpus), *TINY_FLAGS, "--detach", "--json"),
+    """A detached run that trains until it is told to stop (10 epochs of the tiny corpus take ~20 s, less
+    than two tabs and a server's shutdown may take on a loaded machine)."""
+    launched = subprocess.run(gpttui_cmd("train", "--data", str(corpus), *TINY_FLAGS, "--epochs", "100000", "--detach",
+                                         "--json"),
                               capture_output=True, text=True, env=env(), timeout=DEADLINE_S)
     assert launched.returncode == 0, launched.stderr
     run = json.loads(launched.stdout)
