@@ -19,6 +19,7 @@ book's AdamW (not fused), and samples with ``generate_text_simple`` (no KV cache
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator
 
@@ -89,23 +90,10 @@ def epoch_batches(loader: torch.utils.data.DataLoader, start: int = 0,
         it = iter(loader)
         first = next(it, None)  # RandomSampler draws its seed at the first batch
         torch.set_rng_state(now)
-        if first is None:
-            return
-        batches = [first]
+        batches = iter(()) if first is None else itertools.chain([first], it)
     else:
-        it = iter(loader)
-        batches = []
-    skipped = 0
-    for batch in batches:
-        if skipped < start:
-            skipped += 1
-            continue
-        yield batch
-    for batch in it:
-        if skipped < start:
-            skipped += 1
-            continue
-        yield batch
+        batches = iter(loader)
+    yield from itertools.islice(batches, start, None)
 
 
 @torch.no_grad()

@@ -310,14 +310,13 @@ class Trainer:
     def _sample(self, device: torch.device, epoch: int) -> None:
         if not self.config.start_context or self.config.sample_tokens <= 0:
             return
-        if self.book_parts.math:
+        if self.book_parts.math:  # the book's generate_text_simple, no KV cache
             text = book_sample(self.model, self.tokenizer, self.config.start_context, self.config.sample_tokens,
                                device)
-            self._emit(SampleEvent(self.pos.step, epoch, self.config.start_context, text))
-            return
-        with self._autocast(device):
-            text = sample_text(self.model, self.tokenizer, self.config.start_context, self.config.sample_tokens,
-                               self.model_config.context_length, device)
+        else:
+            with self._autocast(device):
+                text = sample_text(self.model, self.tokenizer, self.config.start_context, self.config.sample_tokens,
+                                   self.model_config.context_length, device)
         self._emit(SampleEvent(self.pos.step, epoch, self.config.start_context, text))
 
     # -- checkpoints
