@@ -133,6 +133,7 @@ def _train_config(args: argparse.Namespace, meta: Any = None):
     if args.grad_clip == 0:
         given["grad_clip"] = None  # 0 = off
     given["compile"] = bool(args.compile)
+    given["peak_tflops"] = args.peak_tflops
     given["save_name"] = args.save
     return train_config_for(given, meta)
 
@@ -456,8 +457,16 @@ def _add_train_parser(sub) -> None:
                    help="also sample text at each evaluation (default: at the end only)")
     p.add_argument("--seed", type=int, help="default 123")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N, mps")
-    p.add_argument("--dtype", choices=["fp32", "bf16"], help="default fp32")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"],
+                   help="fp32 (default); bf16 autocast; fp16 autocast with loss scaling (GPUs without bf16)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None,
+                   help="deterministic kernels, so a resumed CUDA run repeats bit for bit (slower; CPU runs "
+                        "always do)")
+    p.add_argument("--peak-tflops", type=float, metavar="X",
+                   help="the device's peak TFLOP/s at this dtype, for MFU (default: a table of common GPUs)")
+    p.add_argument("--nproc", type=int, metavar="N",
+                   help="train with N processes on this machine (torchrun DDP: one per GPU, or CPU with gloo)")
     p.add_argument("--book", action=argparse.BooleanOptionalAction, default=None,
                    help="book mode: the book's chapter-5 loop exactly (its data order, dropout, math, AdamW and "
                         "printout); with the book's text and settings it prints the book's table")

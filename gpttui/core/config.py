@@ -125,6 +125,10 @@ GPT_CONFIG_124M: dict[str, Any] = {
     "qkv_bias": False,
 }
 
+# Training precisions: fp32; bf16 autocast; fp16 autocast with a GradScaler (GPUs without bf16: T4, V100).
+DTYPES = ("fp32", "bf16", "fp16")
+
+
 @dataclass
 class TrainConfig:
     """Training settings; the defaults are the book's chapter-5 run."""
@@ -144,8 +148,10 @@ class TrainConfig:
     sample_at_eval: bool = False
     seed: int = 123
     device: str = "auto"
-    dtype: str = "fp32"  # fp32 | bf16
+    dtype: str = "fp32"  # fp32 | bf16 (autocast) | fp16 (autocast + GradScaler)
     compile: bool = False
+    deterministic: bool = False  # deterministic kernels (CUDA): bit-exact resume there too, slower
+    peak_tflops: float | None = None  # the device's peak TFLOP/s for MFU (default: gpttui.core.flops' table)
     save_name: str | None = None
     checkpoint_every: int = 0
     book: bool = False  # book mode: the book's loop, RNG use and math exactly (gpttui.core.book)
@@ -183,8 +189,10 @@ class TrainConfig:
                             f"(got {self.eval_freq!r} and {self.eval_iter!r})")
         if not whole(self.sample_tokens):
             problems.append(f"sample tokens must be a whole number, 0 for none (got {self.sample_tokens!r})")
-        if self.dtype not in ("fp32", "bf16"):
-            problems.append(f"dtype must be fp32 or bf16 (got {self.dtype!r})")
+        if self.dtype not in DTYPES:
+            problems.append(f"dtype must be one of {', '.join(DTYPES)} (got {self.dtype!r})")
+        if self.peak_tflops is not None and (not finite(self.peak_tflops) or not self.peak_tflops > 0):
+            problems.append(f"peak TFLOP/s must be a finite number > 0 (got {self.peak_tflops!r})")
         if not whole(self.checkpoint_every) or self.checkpoint_every < 0:
             problems.append(f"checkpoint-every must be a whole number >= 0 (got {self.checkpoint_every!r})")
         if problems:
@@ -228,4 +236,4 @@ def _check_field_types(cls: type, values: dict[str, Any], what: str) -> None:
                               f"be {f.type}.")
 
 
-__all__ = ["TrainConfig", "GPTConfig", "preset", "PRESETS", "GPT2_SHAPES", "GPT2_MAX_CONTEXT", "GPT_CONFIG_124M", "BOOK_KEYS"]
+__all__ = ["TrainConfig", "DTYPES", "GPTConfig", "preset", "PRESETS", "GPT2_SHAPES", "GPT2_MAX_CONTEXT", "GPT_CONFIG_124M", "BOOK_KEYS"]

@@ -68,7 +68,9 @@ def _train_args(config: TrainConfig) -> list[str]:
     argv += _bool_flag("sample-at-eval", c.sample_at_eval)
     argv += _opt("--seed", c.seed) + _opt("--device", c.device) + _opt("--dtype", c.dtype)
     argv += _opt("--checkpoint-every", c.checkpoint_every)
-    argv += _bool_flag("book", c.book)
+    argv += _bool_flag("book", c.book) + _bool_flag("deterministic", c.deterministic)
+    if c.peak_tflops is not None:
+        argv += _opt("--peak-tflops", repr(float(c.peak_tflops)))
     if c.compile:
         argv.append("--compile")
     if c.save_name:
@@ -77,10 +79,11 @@ def _train_args(config: TrainConfig) -> list[str]:
 
 
 def train_argv(settings: DataSettings, model_config: GPTConfig | None, config: TrainConfig, *,
-               resume: str | None, overwrite: bool, fresh_optimizer: bool = False) -> list[str]:
+               resume: str | None, overwrite: bool, fresh_optimizer: bool = False, nproc: int = 1) -> list[str]:
     """The ``gpttui train ...`` arguments (``train`` first, without the program) that run exactly this:
     the data settings, the new model's shape (``model_config``; ``None`` when resuming), every training
-    setting, and what to continue and whether it may replace a checkpoint."""
+    setting, and what to continue and whether it may replace a checkpoint; ``nproc`` > 1 trains with that
+    many processes (torchrun DDP, :mod:`gpttui.core.distributed`)."""
     if model_config is None and resume is None:
         raise ValueError("give a model config for a new model, or a checkpoint to resume")
     argv = ["train"] + _data_args(settings)
@@ -93,6 +96,8 @@ def train_argv(settings: DataSettings, model_config: GPTConfig | None, config: T
         argv.append("--overwrite")
     if fresh_optimizer:
         argv.append("--fresh-optimizer")
+    if nproc != 1:
+        argv += _opt("--nproc", nproc)
     return argv
 
 

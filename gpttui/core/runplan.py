@@ -23,7 +23,7 @@ from gpttui.core.tokenizer import Tokenizer, tokenizer_for
 # The training settings a continued run takes from its checkpoint unless the user gives them.
 RESUMED_TRAIN_FIELDS = ("epochs", "max_steps", "lr", "min_lr", "weight_decay", "warmup_steps", "grad_clip",
                         "grad_accum", "eval_freq", "eval_iter", "start_context", "sample_tokens", "seed", "device",
-                        "dtype", "checkpoint_every", "book")
+                        "dtype", "checkpoint_every", "book", "deterministic")
 # The data settings a checkpoint records (PreparedData.identity()) that a continued run reuses.
 _RESUMED_DATA_FIELDS = ("source", "context_length", "stride", "batch_size", "train_ratio")
 
