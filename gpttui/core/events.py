@@ -62,6 +62,9 @@ class StepEvent(Event):
     elapsed: float
     total_steps: int
     eta: float | None = None
+    peak_memory: int | None = None  # bytes the device's allocator held at most so far (CUDA/MPS; CPU: peak RSS)
+    mfu: float | None = None  # model FLOPs utilisation, 0-1, against the device's peak (gpttui.core.flops)
+    compile_seconds: float | None = None  # on the first step of a compiled run: its warm-up, kept out of tok/s
 
 
 @dataclass
