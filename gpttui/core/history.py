@@ -240,7 +240,8 @@ class RunHistory:
 
 
 STEP_KEYS = ("event", "step", "epoch", "tokens_seen", "loss", "lr", "grad_norm", "tokens_per_sec", "elapsed",
-             "total_steps", "eta")  # a StepEvent's record as RunLog writes it, in this order
+             "total_steps", "eta", "peak_memory", "mfu", "compile_seconds")  # a StepEvent's record as RunLog
+# writes it, in this order
 EVAL_KEYS = ("event", "step", "epoch", "tokens_seen", "train_loss", "val_loss", "train_ppl", "val_ppl",
              "best_val_loss")
 
@@ -267,7 +268,7 @@ def _feed_chunk(h: RunHistory, records: list) -> None:
             keys = tuple(d)
             if keys == step_keys:
                 step_keys = keys
-                kind, step, epoch, tokens, loss, lr, gn, tps, elapsed, total, eta = d.values()
+                kind, step, epoch, tokens, loss, lr, gn, tps, elapsed, total, eta, _mem, _mfu, _warm = d.values()
                 if (kind == "step" and type(step) is int and type(epoch) is int and type(tokens) is int
                         and type(total) is int and type(loss) is float and type(lr) is float and type(gn) is float
                         and type(tps) is float and type(elapsed) is float and (eta is None or type(eta) is float)
