@@ -158,6 +158,24 @@ def _detach_train(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     if getattr(args, "detach", False):
         return _detach_train(args)
+    from gpttui.cli_ddp import run_torchrun, under_torchrun
+
+    if args.nproc is not None and args.nproc < 1:
+        raise GPTTUIError(f"--nproc must be 1 or more (got {args.nproc}).")
+    if (args.nproc or 1) > 1 and not under_torchrun():
+        return run_torchrun(args, Out())
+    from gpttui.core import distributed
+
+    dist = distributed.from_env()
+    try:
+        return _train(args, dist)
+    finally:
+        distributed.finish()
+
+
+def _train(args: argparse.Namespace, dist) -> int:
+    """`gpttui train` in this process: alone, or as one of torchrun's (``dist``); rank 0 prints."""
+    from gpttui.core import distributed
     from gpttui.core.control import TrainControl
     from gpttui.core.data import prepare_data
     from gpttui.core.events import FailedEvent
@@ -166,6 +184,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from gpttui.core.train import Trainer
 
     out = Out()
+    out.alive = dist.main  # rank 0 prints for the run
     meta = shape = None
     if args.resume:
         from gpttui.core.runplan import resume_data_defaults
@@ -180,7 +199,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     if shape is not None:  # refused with the numbers before anything is built
         preflight_training(shape.model_config, settings.batch_size, config.device, settings.context_length)
     tokenizer = get_tokenizer(settings.tokenizer)
+    distributed.start(dist, config.device)
+    if not dist.main:  # rank 0 tokenizes first; the others then read its cache
+        distributed.barrier(dist)
     prepared = prepare_data(settings, tokenizer, progress=None)
+    if dist.main:
+        distributed.barrier(dist)
     for w in prepared.stats.warnings:
         out(f"warning: {w}", err=True)
 
@@ -188,6 +212,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     caught: list[int] = []
 
     def on_signal(signum, frame):  # finish the step, save, exit non-zero
+        if caught and dist.active:  # torchrun passes the terminal's Ctrl+C on: the same request, again
+            return
         if caught:  # a second Ctrl+C: stop now
             raise KeyboardInterrupt
         caught.append(signum)
@@ -201,10 +227,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             continue  # `nohup gpttui train ... &`: an ignored SIGHUP stays ignored
         signal.signal(sig, on_signal)
 
-    on_event = EventPrinter(out, as_json=args.json)
+    on_event = EventPrinter(out, as_json=args.json) if dist.main else None
     trainer = Trainer(prepared, tokenizer, config, shape.model_config if shape else None, callback=on_event,
                       control=control, resume=args.resume, overwrite=args.overwrite,
-                      fresh_optimizer=args.fresh_optimizer, run_id=args.run_id)
+                      fresh_optimizer=args.fresh_optimizer, run_id=args.run_id, dist=dist)
     final = trainer.run()
     if isinstance(final, FailedEvent):
         return 1

@@ -49,7 +49,8 @@ class EventPrinter:
             out(json.dumps(ev.event_record(event)))
         elif isinstance(event, ev.Started):
             resumed = f", resumed from {event.resumed_from} at step {event.start_step}" if event.resumed_from else ""
-            out(f"Training {event.n_params:,} parameters on {event.device} ({event.dtype}){resumed}: "
+            where = f"{event.processes} processes (DDP; rank 0 on {event.device})" if event.processes > 1 else event.device
+            out(f"Training {event.n_params:,} parameters on {where} ({event.dtype}){resumed}: "
                 f"{event.total_steps:,} steps, {event.tokens_per_step:,} tokens/step, saving as "
                 f"{event.save_name!r}. Run: {event.run_dir}")
             for note in event.notes:

@@ -5,6 +5,27 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import Future
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Decisions:
+    """What a run does next, read from its control (and, with several processes, agreed by all of them:
+    any rank's request counts, see :mod:`gpttui.core.distributed`)."""
+
+    stop: bool = False
+    nosave: bool = False  # stop without the final save
+    pause: bool = False
+    save: bool = False  # save now
+
+    def flags(self) -> list[float]:
+        return [float(self.stop), float(self.nosave), float(self.pause), float(self.save)]
+
+    @classmethod
+    def from_sums(cls, sums: list[float]) -> "Decisions":
+        """From the flags summed over the ranks."""
+        stop, nosave, pause, save = (v > 0 for v in sums[:4])
+        return cls(stop, nosave, pause, save)
 
 
 class TrainControl:
@@ -49,6 +70,12 @@ class TrainControl:
             return True
         return False
 
+    def decide(self, take_save: bool = True) -> Decisions:
+        """The requests standing now; ``take_save`` takes a save request (it is then answered once)."""
+        stopped = self.stopped
+        return Decisions(stopped, stopped and not self.save_on_stop, self.paused,
+                         self.take_save_request() if take_save else False)
+
     def wait_while_paused(self, timeout: float | None = None) -> bool:
         """Wait until running again (or ``timeout`` seconds); whether it runs."""
         return self._running.wait(timeout)
@@ -67,4 +94,4 @@ class TrainControl:
         return requests
 
 
-__all__ = ["TrainControl"]
+__all__ = ["TrainControl", "Decisions"]

@@ -362,11 +362,24 @@ class BatchLoader:
             return torch.arange(n)
         return torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + epoch))
 
-    def epoch(self, epoch: int = 0, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def batches_per_epoch(self, world: int = 1) -> int:
+        """Batches in an epoch when ``world`` processes each take ``batch_size`` windows of every global
+        batch (whole global batches only); ``len(self)`` for one process."""
+        if world == 1:
+            return len(self)
+        return len(self.windows) // (self.batch_size * world)
+
+    def epoch(self, epoch: int = 0, start_batch: int = 0, rank: int = 0,
+              world: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches ``start_batch``... of ``epoch``. With ``world`` > 1 (DDP), global batch ``b`` is the
+        ``batch_size * world`` windows ``order[b*G:(b+1)*G]`` one process would take with that batch size,
+        and process ``rank`` gets its ``rank``-th slice: together the ranks train on exactly that batch."""
         order = self.order(epoch).numpy()
         bs = self.batch_size
-        for b in range(start_batch, len(self)):
-            yield self.windows.batch(order[b * bs:(b + 1) * bs])
+        step = bs * world
+        for b in range(start_batch, self.batches_per_epoch(world)):
+            lo = b * step + rank * bs
+            yield self.windows.batch(order[lo:lo + bs])
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self.epoch(0)

@@ -47,6 +47,7 @@ class Started(Event):
     dataset: dict = field(default_factory=dict)
     save_name: str | None = None  # where this run saves (held for the whole run)
     notes: list = field(default_factory=list)  # decisions the user should know about
+    processes: int = 1  # torchrun DDP: processes training together (device is rank 0's)
 
 
 @dataclass

@@ -105,6 +105,7 @@ class Position:
     batch: int = 0  # index of the next batch within that epoch
     tokens_seen: int = 0
     best_val_loss: float = float("inf")
+    world: int = 1  # processes that trained it (a batch index counts global batches of that many)
 
 
 @dataclass
@@ -183,7 +184,8 @@ def _resume_position(loaded: Any, state: dict | None, fresh_optimizer: bool) -> 
     pos = state.get("position", {})
     try:
         position = Position(int(pos.get("step", 0)), int(pos.get("epoch", 0)), int(pos.get("batch", 0)),
-                            int(pos.get("tokens_seen", 0)), float(pos.get("best_val_loss", float("inf"))))
+                            int(pos.get("tokens_seen", 0)), float(pos.get("best_val_loss", float("inf"))),
+                            max(1, int(pos.get("world", 1))))
     except (TypeError, ValueError, AttributeError) as e:
         raise ConfigError(f"{loaded.path / 'trainer_state.pt'} has an unreadable position ({e}).") from e
     return position, state.get("rng")

@@ -22,6 +22,7 @@ The loop, in the spirit of nanoGPT's ``train.py``::
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -34,9 +35,11 @@ from gpttui import __version__
 from gpttui.core import paths
 from gpttui.core.book import BookParts, book_loaders, book_sample, epoch_batches
 from gpttui.core.config import GPTConfig, TrainConfig
-from gpttui.core.control import TrainControl
+from gpttui.core.control import Decisions, TrainControl
+from gpttui.core.distributed import SINGLE, DistInfo, agree, grad_sync, host_values, rank_device, wrap
 from gpttui.core.data import PreparedData
 from gpttui.core.errors import ConfigError, GPTTUIError
+from gpttui.core.feed import prefetch
 from gpttui.core.events import (EVENT_TYPES, Callback, CheckpointEvent, EvalEvent, Event, FailedEvent, FinishedEvent, RunLog, SampleEvent, Started, StateEvent, StepEvent,
                                 new_run_id, now_iso, read_run_events)
 from gpttui.core.generate import sample_text
@@ -74,10 +77,12 @@ class _Loop:
 
     model: torch.nn.Module  # the model as trained (compiled or not)
     total_steps: int
-    tokens_per_step: int
+    tokens_per_step: int  # over all processes
+    batches_per_epoch: int  # global batches
     batches: Iterator[tuple[int, int, torch.Tensor, torch.Tensor]]
     start_time: float
     step_start: float
+    first_step: bool = True  # the next step is this run's first (with compile: its warm-up)
     tps_ema: float | None = None
     step_times: list[float] = field(default_factory=list)
     epoch_ended: bool = False  # the step just done finished an epoch
@@ -92,6 +97,7 @@ class _Step:
     loss: float
     lr: float
     grad_norm: float
+    decisions: Decisions | None = None  # agreed at this step by all processes (None: one process)
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
@@ -116,7 +122,8 @@ class Trainer:
     def __init__(self, data: PreparedData, tokenizer: Tokenizer, config: TrainConfig,
                  model_config: GPTConfig | None = None, callback: Callback | None = None,
                  control: TrainControl | None = None, resume: str | None = None,
-                 run_id: str | None = None, overwrite: bool = False, fresh_optimizer: bool = False) -> None:
+                 run_id: str | None = None, overwrite: bool = False, fresh_optimizer: bool = False,
+                 dist: DistInfo = SINGLE) -> None:
         config.validate()
         if model_config is None and resume is None:
             raise ConfigError("Give a model config for a new model, or a checkpoint to resume.")
@@ -130,6 +137,12 @@ class Trainer:
         self.overwrite = overwrite
         self.fresh_optimizer = fresh_optimizer
         self.run_id = run_id or new_run_id()
+        self.dist = dist  # this process's rank among torchrun's (gpttui.core.distributed); rank 0 writes
+        self.device: torch.device | None = None
+        self.scaler: torch.amp.GradScaler | None = None  # fp16's loss scaling
+        self._pos_before_step: Position | None = None  # where a step that fails half-way started
+        self._in_update = False  # inside optimizer.step(): the weights may be half-updated
+        self._world_changed = False  # resumed with another number of processes
         self.save_name = config.save_name  # None: decided in _build (resume: its rules; new: text and shape)
         self.lease = None  # the store's NameLease on save_name, held while the run lives
         self.notes: list[str] = []
@@ -166,10 +179,13 @@ class Trainer:
     # -- set-up
     def _build(self) -> tuple[torch.device, int]:
         cfg = self.config
-        device = pick_device(cfg.device)
+        if self.dist.active and cfg.book:
+            raise ConfigError("Book mode is the book's loop in one process: train it without --nproc.")
+        device = self.device = pick_device(rank_device(self.dist, cfg.device))
         if device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
+        self._set_precision(device)
         vocab = self.tokenizer.vocab_size
         from gpttui.core.resources import preflight_training
 
@@ -181,7 +197,8 @@ class Trainer:
                 self.model_config = self.model_config.replace(vocab_size=vocab)
         # Sizes and the save name are checked before the model (and AdamW) take memory.
         preflight_training(self.model_config, self.data.settings.batch_size, device, self.data.settings.context_length)
-        self._reserve_save_name()
+        if self.dist.main:  # rank 0 alone saves
+            self._reserve_save_name()
         if not self.resume:
             torch.manual_seed(cfg.seed)
             self.model = GPTModel(self.model_config)
@@ -203,6 +220,11 @@ class Trainer:
             self.optimizer.load_state_dict(self._resume_opt)
         return device, count_parameters(self.model)
 
+    def _set_precision(self, device: torch.device) -> None:
+        """The dtype the run trains in and fp16's loss scaler."""
+        self.dtype = self.config.dtype
+        self.scaler = torch.amp.GradScaler(device.type) if self.dtype == "fp16" else None
+
     def _load_resume(self) -> None:
         """Model, optimizer, RNG, data position and history from the checkpoint being continued
         (:func:`gpttui.core.runplan.load_resume` says what a continued run starts from)."""
@@ -212,10 +234,29 @@ class Trainer:
         if state.history is not None:
             self.history = state.history
         self._resume_opt, self._resume_rng = state.optimizer_state, state.rng
+        self._continue_epoch_at_world_size(state.position)
         epoch_rng = (state.rng or {}).get("book_epoch_torch")
         if epoch_rng is not None:
             self._book_epoch_rng = torch.as_tensor(epoch_rng, dtype=torch.uint8).cpu()
         self.notes += state.notes
+
+    def _continue_epoch_at_world_size(self, pos: Position) -> None:
+        """A checkpoint saved mid-epoch by another number of processes: its steps took another number of
+        windows, so the epoch goes on from the first global batch of this run's size that it had not
+        finished (at most one batch's windows are seen twice); the schedule counts this run's steps."""
+        saved, world = pos.world, self.dist.world
+        if saved == world or pos.batch == 0:
+            pos.world = world
+            return
+        self._world_changed = True
+        b = self.data.settings.batch_size
+        done = pos.batch * b * saved
+        pos.batch, pos.world = done // (b * world), world
+        self.notes.append(
+            f"{self.resume!r} was trained by {saved} process(es) and continues with {world}: a step now takes "
+            f"{b}x{world} sequences instead of {b}x{saved}. Epoch {pos.epoch + 1} goes on from window "
+            f"{pos.batch * b * world:,} of its order ({done:,} were done), so the run is not the one the "
+            f"checkpoint would have made at {saved} process(es).")
 
     def data_matches(self, dataset: dict | None) -> bool:
         """Whether ``dataset`` (a checkpoint's record) is the text this run trains on."""
@@ -238,10 +279,17 @@ class Trainer:
             self.notes.append(f"The name {plan.name!r} was locked by {self.lease.took_over.describe()}, but "
                               f"{self.lease.stale_reason}: the lock was taken over.")
 
+    def _batches_per_epoch(self) -> int:
+        """Global batches in an epoch: with several processes each step takes a batch from each."""
+        return self.data.train_loader.batches_per_epoch(self.dist.world)
+
     def _total_steps(self) -> tuple[int, float]:
-        batches = len(self.data.train_loader)
+        batches = self._batches_per_epoch()
         per_epoch = batches / self.config.grad_accum
         total = self._step_offset + (self.config.epochs * batches) // self.config.grad_accum
+        if self._world_changed:  # the steps so far took other batches: count what is left from here
+            p = self.pos
+            total = p.step + ((self.config.epochs - p.epoch) * batches - p.batch) // self.config.grad_accum
         if self.config.max_steps:
             total = min(total, self.config.max_steps)
         return max(total, 0), per_epoch
@@ -251,10 +299,10 @@ class Trainer:
         if self.book_parts.data_order:
             yield from self._book_batches()
             return
-        loader = self.data.train_loader
+        loader, rank, world = self.data.train_loader, self.dist.rank, self.dist.world
         epoch, start = self.pos.epoch, self.pos.batch
         while epoch < self.config.epochs:
-            for b, (x, y) in enumerate(loader.epoch(epoch, start), start=start):
+            for b, (x, y) in enumerate(loader.epoch(epoch, start, rank, world), start=start):
                 yield epoch, b, x, y
             epoch, start = epoch + 1, 0
 
@@ -305,10 +353,11 @@ class Trainer:
         return total / len(batches)
 
     def _autocast(self, device: torch.device):
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.config.dtype == "bf16")
+        dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
+        return torch.autocast(device.type, dtype=dtypes.get(self.dtype, torch.bfloat16), enabled=self.dtype in dtypes)
 
     def _sample(self, device: torch.device, epoch: int) -> None:
-        if not self.config.start_context or self.config.sample_tokens <= 0:
+        if not self.config.start_context or self.config.sample_tokens <= 0 or not self.dist.main:
             return
         if self.book_parts.math:  # the book's generate_text_simple, no KV cache
             text = book_sample(self.model, self.tokenizer, self.config.start_context, self.config.sample_tokens,
@@ -329,21 +378,23 @@ class Trainer:
             rng["book_epoch_torch"] = self._book_epoch_rng.clone()  # replays this epoch's shuffle on resume
         return {
             "position": {"step": p.step, "epoch": p.epoch, "batch": p.batch, "tokens_seen": p.tokens_seen,
-                         "best_val_loss": p.best_val_loss},
+                         "best_val_loss": p.best_val_loss, "world": self.dist.world},
             "rng": rng,
             "history": self.history,
             "run_id": self.run_id,
         }
 
-    def save(self, device: torch.device, name: str | None = None) -> str:
+    def save(self, device: torch.device, name: str | None = None) -> str | None:
         from gpttui.core import checkpoints
 
-        name = name or self.save_name
-        assert name is not None
         p = self.pos
         if not all(bool(torch.isfinite(t).all()) for t in self.model.parameters()):
             raise NonFiniteLoss(f"The weights became non-finite by step {p.step}; they were not saved, "
                                 f"{self._last_good()}. Try a lower learning rate, warmup or gradient clipping.")
+        if not self.dist.main:  # rank 0 saves; the weights are the same on every rank
+            return None
+        name = name or self.save_name
+        assert name is not None
         meta = {
             "source": "trained",
             "tokenizer": self.tokenizer.name,
@@ -399,34 +450,74 @@ class Trainer:
 
     def _run_logged(self) -> Event:
         start_time = time.perf_counter()
-        try:
-            self._log = RunLog(self.run_id)
-        except OSError as exc:
-            event = FailedEvent(f"Cannot create the run directory: {exc}", 0)
-            self.callback(event)
-            return event
-        from gpttui.core.runs import CommandInbox, StatusWriter
+        if self.dist.main:  # rank 0 keeps the run directory; the other ranks report nothing
+            try:
+                self._log = RunLog(self.run_id)
+            except OSError as exc:
+                event = FailedEvent(f"Cannot create the run directory: {exc}", 0)
+                self.callback(event)
+                return event
+            from gpttui.core.runs import CommandInbox, StatusWriter
 
-        self._status = StatusWriter(self._log.dir, self.run_id)
-        self._inbox = CommandInbox(self._log.dir, self.control)
+            self._status = StatusWriter(self._log.dir, self.run_id)
+            self._inbox = CommandInbox(self._log.dir, self.control)
+        out_of_memory = False
         try:
             return self._run(start_time)
         except GPTTUIError as exc:
             event: Event = FailedEvent(str(exc), self.pos.step, self.last_checkpoint)
         except torch.OutOfMemoryError:
-            event = FailedEvent("Out of memory. Lower the batch size or context length, use a smaller model, "
-                                "or use --dtype bf16 / gradient accumulation.", self.pos.step, self.last_checkpoint)
+            out_of_memory = True  # handled below, once this frame's references to the step's tensors are gone
         except KeyboardInterrupt:  # a second Ctrl+C: no save, but the log says how the run ended
             where = f"; the last checkpoint is {self.last_checkpoint!r}" if self.last_checkpoint else ""
             self._emit(FailedEvent(f"Interrupted at once (second Ctrl+C) after step {self.pos.step}, without "
                                    f"saving{where}.", self.pos.step, self.last_checkpoint))
-            self._log.close()
+            self._close_log()
             raise
         except Exception as exc:  # the UI must survive anything; the message says what happened
             event = FailedEvent(_describe_failure(exc), self.pos.step, self.last_checkpoint)
+        if out_of_memory:
+            event = self._out_of_memory()
         self._emit(event)
-        self._log.close()
+        self._close_log()
         return event
+
+    def _close_log(self) -> None:
+        if self._log is not None:
+            self._log.close()
+
+    def _out_of_memory(self) -> FailedEvent:
+        """After an out-of-memory error: free the cache, save the weights of the last step done when they
+        are intact (the error came before the optimizer touched them), and say what to lower."""
+        device = self.device or torch.device("cpu")
+        if self._pos_before_step is not None:  # the failed step's batches were not learned from
+            self.pos = self._pos_before_step
+        if self.optimizer is not None:
+            self.optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        saved = ""
+        if self.model is not None and self.pos.step > 0 and not self._in_update and self.save_name:
+            try:
+                if self.save(device):
+                    saved = f" The weights of step {self.pos.step} were saved as {self.save_name!r}."
+            except (GPTTUIError, OSError, torch.OutOfMemoryError) as exc:
+                saved = f" The weights could not be saved ({exc}); {self._last_good()}."
+        elif self.pos.step > 0:
+            last = self._last_good()
+            saved = f" {last[:1].upper()}{last[1:]}."
+        settings = self.data.settings
+        try:
+            from gpttui.core.memory import oom_advice
+
+            advice = oom_advice(self.model_config, settings.batch_size, settings.context_length, dtype=self.dtype,
+                                device=device, grad_accum=self.config.grad_accum)
+        except Exception:  # the advice must never hide the failure
+            advice = ("lower the batch size or context length, use a smaller model, or use --dtype bf16 / "
+                      "gradient accumulation")
+        return FailedEvent(f"Out of memory on {device} at step {self.pos.step + 1} (batch {settings.batch_size} x "
+                           f"context {settings.context_length}, {self.dtype}).{saved} To fit: {advice}.",
+                           self.pos.step, self.last_checkpoint)
 
     def _cancel_snapshots(self) -> None:
         for future in self.control.take_snapshot_requests():
@@ -436,16 +527,19 @@ class Trainer:
         device, n_params = self._build()
         loop = self._start(device, n_params, start_time)
         reason = "completed"
+        decisions = self._decide(device, take_save=False)
         while self.pos.step < loop.total_steps:
-            stopped = self._honour_control(loop)
-            if stopped is not None:
-                reason = stopped
+            decisions = self._honour_control(loop, device, decisions)
+            if decisions.stop:
+                reason = self.control.stop_reason if self.control.stopped else "stopped"
                 break
             step = self._optimizer_step(loop, device)
             if step is None:  # the data ran out
                 break
             self._after_step(loop, device, step)
-        return self._finish(loop, device, reason, start_time)
+            # One process reads its control afresh; several act on what they agreed at the step.
+            decisions = step.decisions or self._decide(device, take_save=False)
+        return self._finish(loop, device, reason, start_time, decisions)
 
     def _start(self, device: torch.device, n_params: int, start_time: float) -> _Loop:
         """Check there is something to train, log the run's config, announce it, restore the RNG."""
@@ -460,55 +554,77 @@ class Trainer:
                               f"train and it was left as it is. Ask for more (e.g. --max-steps "
                               f"{self.pos.step + 10}, or more --epochs).")
         train_model: torch.nn.Module = torch.compile(self.model) if cfg.compile else self.model
-        tokens_per_step = self.data.settings.batch_size * self.data.settings.context_length * cfg.grad_accum
-        self._log.write_config({"train_config": cfg.to_dict(), "model_config": self.model_config.to_dict(),
-                                "dataset": self.data.identity(), "resume": self.resume,
-                                "gpttui_version": __version__, "created": now_iso()})
+        train_model = wrap(train_model, self.dist, device)  # DDP with several processes
+        tokens_per_step = (self.data.settings.batch_size * self.data.settings.context_length * cfg.grad_accum
+                           * self.dist.world)
+        if self._log is not None:
+            self._log.write_config({"train_config": cfg.to_dict(), "model_config": self.model_config.to_dict(),
+                                    "dataset": self.data.identity(), "resume": self.resume,
+                                    "gpttui_version": __version__, "created": now_iso(),
+                                    "processes": self.dist.world})
         if self.book_parts.data_order and self.pos.batch and self._book_epoch_rng is None:
             self.notes.append(f"{self.resume!r} was saved mid-epoch outside book mode: the rest of epoch "
                               f"{self.pos.epoch + 1} follows a new shuffle, so this run will not match the book's.")
-        self._emit(Started(self.run_id, str(self._log.dir), cfg.to_dict(), self.model_config.to_dict(), n_params,
+        self._emit(Started(self.run_id, str(self._log.dir) if self._log else "", cfg.to_dict(), self.model_config.to_dict(), n_params,
                            str(device), cfg.dtype, total_steps, per_epoch, tokens_per_step, self.pos.step,
-                           self.resume, self.data.identity(), self.save_name, list(self.notes)))
+                           self.resume, self.data.identity(), self.save_name, list(self.notes), self.dist.world))
         if self._resume_rng is not None:
             from gpttui.core import checkpoints
 
             checkpoints.restore_rng_state(self._resume_rng)
         self.model.train()
-        return _Loop(train_model, total_steps, tokens_per_step, self._batches(), start_time, time.perf_counter())
+        # One batch ahead on the device; not in the book's data order, whose DataLoader draws from the
+        # global RNG when an epoch begins (drawn early, it would move every dropout mask after it).
+        batches = self._batches() if self.book_parts.data_order else prefetch(self._batches(), device)
+        return _Loop(train_model, total_steps, tokens_per_step, self._batches_per_epoch(), batches, start_time,
+                     time.perf_counter())
 
-    def _honour_control(self, loop: _Loop) -> str | None:
-        """Between optimizer steps: the stop reason when stopped; a pause waits here (serving snapshots)."""
-        while True:
-            if self._inbox is not None:
-                self._inbox.poll()  # commands from other processes (runs/<id>/commands/)
-            if self.control.stopped:
-                if self._status is not None:
-                    self._status.update(state="stopping")
-                return self.control.stop_reason
-            if not self.control.paused:
-                return None
-            self._emit(StateEvent(True, self.pos.step))
+    def _decide(self, device: torch.device, take_save: bool) -> Decisions:
+        """The control's standing requests (and the other processes' commands in runs/<id>/commands/);
+        with several processes, agreed by all of them in one all-reduce."""
+        if self._inbox is not None:
+            self._inbox.poll()
+        local = self.control.decide(take_save)
+        if not self.dist.active:
+            return local
+        return Decisions.from_sums(agree(host_values(local.flags(), device), self.dist))
+
+    def _honour_control(self, loop: _Loop, device: torch.device, decisions: Decisions) -> Decisions:
+        """Between optimizer steps: a stop is returned; a pause waits here (serving snapshots, and saving
+        when asked), every process agreeing each quarter second whether it still lasts."""
+        if decisions.stop or not decisions.pause:
+            if decisions.stop and self._status is not None:
+                self._status.update(state="stopping")
+            return decisions
+        self._emit(StateEvent(True, self.pos.step))
+        while decisions.pause and not decisions.stop:
             self.serve_snapshots()
-            while not self.control.wait_while_paused(0.25):
-                if self._inbox is not None:
-                    self._inbox.poll()
-                self.serve_snapshots()
-            self._emit(StateEvent(False, self.pos.step))
-            loop.step_start = time.perf_counter()
+            if decisions.save and self.pos.step:
+                self.save(device)
+            self.control.wait_while_paused(0.25)
+            decisions = self._decide(device, take_save=True)
+        self._emit(StateEvent(False, self.pos.step))
+        loop.step_start = time.perf_counter()
+        return self._honour_control(loop, device, decisions) if decisions.stop else decisions
 
     def _optimizer_step(self, loop: _Loop, device: torch.device) -> _Step | None:
-        """One optimizer step over ``grad_accum`` batches; ``None`` when the data runs out first."""
+        """One optimizer step over ``grad_accum`` batches; ``None`` when the data runs out first.
+
+        The losses stay on the device; the step reads the host once, for its loss and gradient norm (with
+        several processes, in the all-reduce that also agrees the control requests), and a non-finite loss
+        stops the run before the update is applied."""
         cfg = self.config
-        step_loss = 0.0
-        for _ in range(cfg.grad_accum):
+        self._pos_before_step = dataclasses.replace(self.pos)
+        loss_sum = torch.zeros((), device=device)
+        for micro in range(cfg.grad_accum):
             try:
                 epoch, b, x, y = next(loop.batches)
             except StopIteration:
                 return None
-            step_loss += self._forward_backward(loop.model, x, y, device, epoch) / cfg.grad_accum
-            self.pos.tokens_seen += x.numel()
-            if b + 1 >= len(self.data.train_loader):
+            with grad_sync(loop.model, micro == cfg.grad_accum - 1):  # DDP: gradients averaged once per step
+                loss_sum += self._forward_backward(loop.model, x, y, device)
+            self.pos.tokens_seen += x.numel() * self.dist.world
+            if b + 1 >= loop.batches_per_epoch:
                 self.pos.epoch, self.pos.batch = epoch + 1, 0
                 loop.epoch_ended = True
             else:
@@ -516,33 +632,57 @@ class Trainer:
         lr = lr_at(self.pos.step, cfg, loop.total_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)  # the norm and the clipping see the true gradients
         clip = cfg.grad_clip if cfg.grad_clip else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(list(self.model.parameters()), clip))
-        self.optimizer.step()
+        norm = torch.nn.utils.clip_grad_norm_(list(self.model.parameters()), clip)
+        loss, grad_norm, decisions = self._read_step(loss_sum / cfg.grad_accum, norm, device)
+        if not math.isfinite(loss):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteLoss(
+                f"The loss became {loss} at step {self.pos.step + 1} (epoch {epoch + 1}); training stopped "
+                f"before applying it, {self._last_good()}. Try a lower learning rate, warmup or gradient clipping.")
+        self._in_update = True
+        if self.scaler is not None:  # skips the update when the scaled gradients overflowed, and adapts
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self._in_update = False
         self.optimizer.zero_grad(set_to_none=True)
         self.pos.step += 1
-        return _Step(epoch, step_loss, lr, grad_norm)
+        return _Step(epoch, loss, lr, grad_norm, decisions)
 
-    def _forward_backward(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device,
-                          epoch: int) -> float:
-        """The loss of one batch, its gradient accumulated (scaled by ``grad_accum``); a non-finite loss
-        stops the run before it is applied."""
+    def _read_step(self, loss: torch.Tensor, norm: torch.Tensor,
+                   device: torch.device) -> tuple[float, float, Decisions | None]:
+        """The step's one host read: its loss and gradient norm; with several processes, the mean loss
+        over the ranks and the control requests they agree on, in the same all-reduce."""
+        values = torch.stack([loss.float(), norm.float()])
+        if not self.dist.active:
+            loss_value, norm_value = values.tolist()
+            return loss_value, norm_value, None
+        if self._inbox is not None:
+            self._inbox.poll()
+        flags = host_values(self.control.decide(take_save=True).flags(), device).float()
+        sums = agree(torch.cat([values, flags]), self.dist)
+        world = self.dist.world
+        return sums[0] / world, sums[1] / world, Decisions.from_sums(sums[2:])
+
+    def _forward_backward(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+                          device: torch.device) -> torch.Tensor:
+        """The loss of one batch (left on the device), its gradient accumulated, scaled by ``grad_accum``
+        (and by fp16's loss scale)."""
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with self._autocast(device):
             logits = model(x)
         loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y.flatten())
-        loss_value = loss.item()
-        if not math.isfinite(loss_value):
-            self.optimizer.zero_grad(set_to_none=True)
-            raise NonFiniteLoss(
-                f"The loss became {loss_value} at step {self.pos.step + 1} (epoch {epoch + 1}); training stopped "
-                f"before applying it, {self._last_good()}. Try a lower learning rate, warmup or gradient clipping.")
-        (loss / self.config.grad_accum).backward()
-        return loss_value
+        scaled = loss / self.config.grad_accum
+        (scaled if self.scaler is None else self.scaler.scale(scaled)).backward()
+        return loss.detach()
 
     def _after_step(self, loop: _Loop, device: torch.device, step: _Step) -> None:
         """Report the step; evaluate, sample and save when due; serve weight snapshots."""
-        self._report_step(loop, step)
+        self._report_step(loop, step, device)
         sampled = False
         if (self.pos.step - 1) % self.config.eval_freq == 0:  # the book's global_step % eval_freq
             sampled = self._evaluate_and_report(device, step.epoch + 1)
@@ -552,24 +692,38 @@ class Trainer:
         loop.epoch_ended, loop.sampled_last = False, sampled
         if self.config.checkpoint_every and self.pos.step % self.config.checkpoint_every == 0:
             self.save(device)
-        if self.control.take_save_request():
+        if step.decisions.save if step.decisions is not None else self.control.take_save_request():
             self.save(device)
         self.serve_snapshots()
         loop.step_start = time.perf_counter()
 
-    def _report_step(self, loop: _Loop, step: _Step) -> None:
+    def _report_step(self, loop: _Loop, step: _Step, device: torch.device) -> None:
+        """The step event. A compiled run's first step is its compilation: reported apart, and kept out
+        of tokens/s and the ETA."""
         now = time.perf_counter()
         dt = max(now - loop.step_start, 1e-9)
         tps = loop.tokens_per_step / dt
-        loop.tps_ema = tps if loop.tps_ema is None else 0.9 * loop.tps_ema + 0.1 * tps
-        loop.step_times.append(dt)
-        recent = loop.step_times[-50:]
+        warmup = dt if loop.first_step and self.config.compile else None
+        loop.first_step = False
+        if warmup is None:
+            loop.tps_ema = tps if loop.tps_ema is None else 0.9 * loop.tps_ema + 0.1 * tps
+            loop.step_times.append(dt)
+        recent = loop.step_times[-50:] or [dt]
         eta = (sum(recent) / len(recent)) * (loop.total_steps - self.pos.step)
+        shown_tps = loop.tps_ema if loop.tps_ema is not None else tps
+        peak_memory, mfu = self._meters(device, shown_tps)
         self._emit(StepEvent(self.pos.step, step.epoch + 1, self.pos.tokens_seen, step.loss, step.lr, step.grad_norm,
-                             loop.tps_ema, now - loop.start_time, loop.total_steps, eta))
+                             shown_tps, now - loop.start_time, loop.total_steps, eta, peak_memory, mfu, warmup))
+
+    def _meters(self, device: torch.device, tokens_per_sec: float) -> tuple[int | None, float | None]:
+        """Peak device memory and model FLOPs utilisation (allocator counters: no device sync)."""
+        return None, None
 
     def _evaluate_and_report(self, device: torch.device, epoch: int) -> bool:
-        """Evaluate, extend the loss curve, report; sample too with ``sample_at_eval`` (returns whether)."""
+        """Evaluate, extend the loss curve, report; sample too with ``sample_at_eval`` (returns whether).
+        With several processes rank 0 alone evaluates; the others go on to the next step's all-reduce."""
+        if not self.dist.main:
+            return self.config.sample_at_eval
         train_loss, val_loss = self.evaluate(device)
         if math.isfinite(val_loss):
             self.pos.best_val_loss = min(self.pos.best_val_loss, val_loss)
@@ -584,19 +738,20 @@ class Trainer:
             return True
         return False
 
-    def _finish(self, loop: _Loop, device: torch.device, reason: str, start_time: float) -> Event:
+    def _finish(self, loop: _Loop, device: torch.device, reason: str, start_time: float,
+                decisions: Decisions) -> Event:
         """The last sample (when completed), the final save, and the finished event."""
         if reason == "completed" and self.pos.step > 0 and not loop.sampled_last:
             self._sample(device, self.last_epoch())
         checkpoint = None
-        if reason == "completed" or self.control.save_on_stop:
+        if reason == "completed" or not decisions.nosave:
             if self.pos.step > 0 or self.resume:
                 checkpoint = self.save(device)
         best = self.pos.best_val_loss if math.isfinite(self.pos.best_val_loss) else None
         event = FinishedEvent(reason, self.pos.step, self.pos.tokens_seen, time.perf_counter() - start_time,
                               checkpoint, best)
         self._emit(event)
-        self._log.close()
+        self._close_log()
         return event
 
 

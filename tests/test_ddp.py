@@ -1,0 +1,144 @@
+"""Training with several processes (torchrun DDP, gloo on the CPU) and the single-process hot path.
+
+- two ranks end with identical weights, and their loss curve is one process's with the doubled batch;
+- `gpttui train --nproc 2` stops both ranks on one request, with one checkpoint, which a one-process run
+  continues with a note saying how;
+- one host read per optimizer step, however many batches it accumulates;
+- fp16 with loss scaling trains on the CPU.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.overrides import TorchFunctionMode
+
+from ddp_setup import run_config, settings
+from gpttui.core import paths
+from gpttui.core.config import GPTConfig, TrainConfig
+from gpttui.core.data import prepare_data
+from gpttui.core.runs import send_command
+from gpttui.core.store import default_store
+from gpttui.core.tokenizer import ByteTokenizer
+from gpttui.core.train import StepEvent, Trainer, read_run_events
+from test_faults import TINY_FLAGS, cli, corpus  # noqa: F401,F811  (corpus is a fixture)
+from test_runs import wait_for
+
+TESTS = Path(__file__).parent
+
+
+def torchrun(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                           *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def test_two_ranks_train_as_one_process_with_the_doubled_batch(tmp_path, corpus):
+    done = torchrun(str(TESTS / "ddp_worker.py"), str(tmp_path), str(corpus))
+    assert done.returncode == 0, done.stderr[-3000:]
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert rank0["step"] == rank1["step"] == 8
+    for key, value in rank0["weights"].items():  # DDP keeps the replicas equal, to the bit
+        assert torch.equal(value, rank1["weights"][key]), key
+    assert rank0["losses"] == rank1["losses"]  # both report the mean over the ranks
+
+    config, model_config = run_config()
+    config.save_name = "one-process"
+    data = prepare_data(settings(corpus, batch_size=4), ByteTokenizer())
+    losses: list[float] = []
+    one = Trainer(data, ByteTokenizer(), config, model_config,
+                  callback=lambda e: losses.append(e.loss) if isinstance(e, StepEvent) else None)
+    one.run()
+    assert len(losses) == 8
+    assert losses == pytest.approx(rank0["losses"], abs=1e-5)
+    assert losses[-1] < losses[0]
+    for key, value in one.model.state_dict().items():
+        torch.testing.assert_close(rank0["weights"][key], value, atol=1e-4, rtol=1e-4)
+    # rank 0 alone wrote: one run directory, one checkpoint
+    assert len(list(paths.runs_dir().iterdir())) == 2  # the DDP run's and the one-process run's
+    assert default_store().exists("ddp-equal")
+
+
+def test_nproc_2_stops_on_one_request_with_one_checkpoint(corpus):
+    run_id = "20261128-000000-ddp2"
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "gpttui", "train", "--data", str(corpus), *TINY_FLAGS, "--epochs", "100000",
+         "--eval-freq", "1000", "--save", "ddp-stop", "--nproc", "2", "--run-id", run_id],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    run_dir = paths.runs_dir() / run_id
+    try:
+        wait_for(lambda: (run_dir / "events.jsonl").exists()
+                 and any(e.get("event") == "step" for e in read_run_events(run_dir)), "a step of the DDP run", 180)
+        send_command(run_dir, "stop")
+        out, err = launcher.communicate(timeout=120)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    assert launcher.returncode == 0, err[-3000:]
+    events = read_run_events(run_dir)
+    started = next(e for e in events if e["event"] == "started")
+    assert started["processes"] == 2 and started["tokens_per_step"] == 2 * 4 * 32
+    finished = [e for e in events if e["event"] == "finished"]
+    assert len(finished) == 1 and finished[0]["reason"] == "stopped"
+    assert [e["name"] for e in events if e["event"] == "checkpoint"] == ["ddp-stop"]
+    assert "2 processes (DDP" in out
+    assert [c.name for c in default_store().list()] == ["ddp-stop"]
+    step = finished[0]["step"]
+
+    # One process continues it: the steps took 4x2 windows and now take 4; it says so.
+    again = cli("train", "--resume", "ddp-stop", "--max-steps", str(step + 2), *TINY_FLAGS[-6:])
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "trained by 2 process(es) and continues with 1" in again.stderr
+
+
+class HostReads(TorchFunctionMode):
+    """Counts the calls that make the host wait for a tensor's value (a device sync on a GPU)."""
+
+    READS = {"item", "tolist", "__bool__", "__float__", "__int__", "__index__", "cpu", "numpy"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") in self.READS:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _tiny_run(corpus, **changes) -> tuple[Trainer, list[StepEvent]]:
+    data = prepare_data(settings(corpus, batch_size=4), ByteTokenizer())
+    config = TrainConfig(**{"epochs": 50, "max_steps": 8, "lr": 3e-3, "eval_freq": 1000, "eval_iter": 1,
+                            "sample_tokens": 0, "device": "cpu", **changes})
+    model = GPTConfig(vocab_size=257, context_length=16, emb_dim=32, n_heads=2, n_layers=1, drop_rate=0.0)
+    steps: list[StepEvent] = []
+    trainer = Trainer(data, ByteTokenizer(), config, model,
+                      callback=lambda e: steps.append(e) if isinstance(e, StepEvent) else None)
+    return trainer, steps
+
+
+def test_one_host_read_per_optimizer_step_whatever_the_accumulation(corpus):
+    trainer, steps = _tiny_run(corpus, grad_accum=3, grad_clip=1.0, save_name="reads")
+    reads_at_step: list[int] = []
+    counter = HostReads()
+    trainer.callback = lambda e: reads_at_step.append(counter.count) if isinstance(e, StepEvent) else None
+    with counter:
+        trainer.run()
+    assert len(reads_at_step) == 8
+    # Between two step reports (no evaluation, sample or save there): the one read of the step.
+    assert [b - a for a, b in zip(reads_at_step[1:], reads_at_step[2:])] == [1] * 6
+
+
+def test_fp16_with_loss_scaling_trains_on_the_cpu(corpus):
+    trainer, steps = _tiny_run(corpus, dtype="fp16", max_steps=12, save_name="fp16")
+    final = trainer.run()
+    assert final.event == "finished", final
+    assert trainer.scaler is not None and trainer.scaler.is_enabled()
+    losses = [s.loss for s in steps]
+    assert len(losses) == 12 and all(torch.isfinite(torch.tensor(losses)))
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    assert default_store().exists("fp16")
