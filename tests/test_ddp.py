@@ -2,9 +2,7 @@
 
 - two ranks end with identical weights, and their loss curve is one process's with the doubled batch;
 - `gpttui train --nproc 2` stops both ranks on one request, with one checkpoint, which a one-process run
-  continues with a note saying how;
-- one host read per optimizer step, however many batches it accumulates;
-- fp16 with loss scaling trains on the CPU.
+  continues with a note saying how.
 """
 
 import os
@@ -14,11 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch.overrides import TorchFunctionMode
 
 from ddp_setup import run_config, settings
 from gpttui.core import paths
-from gpttui.core.config import GPTConfig, TrainConfig
 from gpttui.core.data import prepare_data
 from gpttui.core.runs import send_command
 from gpttui.core.store import default_store
@@ -92,53 +88,3 @@ def test_nproc_2_stops_on_one_request_with_one_checkpoint(corpus):
     again = cli("train", "--resume", "ddp-stop", "--max-steps", str(step + 2), *TINY_FLAGS[-6:])
     assert again.returncode == 0, again.stderr[-3000:]
     assert "trained by 2 process(es) and continues with 1" in again.stderr
-
-
-class HostReads(TorchFunctionMode):
-    """Counts the calls that make the host wait for a tensor's value (a device sync on a GPU)."""
-
-    READS = {"item", "tolist", "__bool__", "__float__", "__int__", "__index__", "cpu", "numpy"}
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.count = 0
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        if getattr(func, "__name__", "") in self.READS:
-            self.count += 1
-        return func(*args, **(kwargs or {}))
-
-
-def _tiny_run(corpus, **changes) -> tuple[Trainer, list[StepEvent]]:
-    data = prepare_data(settings(corpus, batch_size=4), ByteTokenizer())
-    config = TrainConfig(**{"epochs": 50, "max_steps": 8, "lr": 3e-3, "eval_freq": 1000, "eval_iter": 1,
-                            "sample_tokens": 0, "device": "cpu", **changes})
-    model = GPTConfig(vocab_size=257, context_length=16, emb_dim=32, n_heads=2, n_layers=1, drop_rate=0.0)
-    steps: list[StepEvent] = []
-    trainer = Trainer(data, ByteTokenizer(), config, model,
-                      callback=lambda e: steps.append(e) if isinstance(e, StepEvent) else None)
-    return trainer, steps
-
-
-def test_one_host_read_per_optimizer_step_whatever_the_accumulation(corpus):
-    trainer, steps = _tiny_run(corpus, grad_accum=3, grad_clip=1.0, save_name="reads")
-    reads_at_step: list[int] = []
-    counter = HostReads()
-    trainer.callback = lambda e: reads_at_step.append(counter.count) if isinstance(e, StepEvent) else None
-    with counter:
-        trainer.run()
-    assert len(reads_at_step) == 8
-    # Between two step reports (no evaluation, sample or save there): the one read of the step.
-    assert [b - a for a, b in zip(reads_at_step[1:], reads_at_step[2:])] == [1] * 6
-
-
-def test_fp16_with_loss_scaling_trains_on_the_cpu(corpus):
-    trainer, steps = _tiny_run(corpus, dtype="fp16", max_steps=12, save_name="fp16")
-    final = trainer.run()
-    assert final.event == "finished", final
-    assert trainer.scaler is not None and trainer.scaler.is_enabled()
-    losses = [s.loss for s in steps]
-    assert len(losses) == 12 and all(torch.isfinite(torch.tensor(losses)))
-    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
-    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
-    assert default_store().exists("fp16")

@@ -475,6 +475,7 @@ class Trainer:
             self._close_log()
             raise
         except Exception as exc:  # the UI must survive anything; the message says what happened
+            out_of_memory = _is_out_of_memory(exc)
             event = FailedEvent(_describe_failure(exc), self.pos.step, self.last_checkpoint)
         if out_of_memory:
             event = self._out_of_memory()
@@ -753,6 +754,12 @@ class Trainer:
         self._emit(event)
         self._close_log()
         return event
+
+
+def _is_out_of_memory(exc: Exception) -> bool:
+    """CUDA raises torch.OutOfMemoryError; the CPU and MPS allocators raise a RuntimeError that says so."""
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text.lower())
 
 
 def _describe_failure(exc: Exception) -> str:
