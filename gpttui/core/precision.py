@@ -131,7 +131,8 @@ def sdpa_context(deterministic: bool, device: torch.device) -> ContextManager:
     restricted to the backends that have a deterministic backward (flash, memory-efficient, math; not
     cuDNN), else a no-op. With strict deterministic algorithms torch already skips cuDNN attention; this
     keeps it out even if a caller turned on ``warn_only``. The backward pass runs the kernels its forward
-    chose, so wrapping the forward pass is what matters."""
+    chose, so wrapping the forward pass is what matters; under ``torch.compile`` the backend is fixed when
+    the graph is traced, at the first call, which the wrapping covers too."""
     if not deterministic or torch.device(device).type != "cuda":
         return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
