@@ -34,6 +34,15 @@ def test_resolve_dtype_on_cpu():
         resolve_dtype("fp8", CPU)
 
 
+@pytest.mark.skipif(torch.backends.mps.is_available(), reason="needs a machine without MPS")
+def test_resolve_dtype_for_mps_without_mps_backend_falls_back_to_fp32():
+    mps = torch.device("mps")
+    assert resolve_dtype("fp32", mps) == ("fp32", None)
+    for dtype in ("bf16", "fp16"):
+        got, note = resolve_dtype(dtype, mps)
+        assert got == "fp32" and "macOS 14" in note
+
+
 def test_autocast_follows_the_dtype():
     a, b = torch.randn(4, 8), torch.randn(8, 3)
     for dtype, expected in (("fp32", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16)):
@@ -176,6 +185,7 @@ def test_peak_flops_table_by_name():
     assert peak_flops_for_name("NVIDIA A10", "bf16") == pytest.approx(125 * tf)
     assert peak_flops_for_name("NVIDIA L40S", "bf16") == pytest.approx(362 * tf)
     assert peak_flops_for_name("NVIDIA L4", "bf16") == pytest.approx(121 * tf)
+    assert peak_flops_for_name("NVIDIA L40", "bf16") == pytest.approx(181 * tf)
     assert peak_flops_for_name("Tesla V100-SXM2-16GB", "bf16") is None  # no bf16
     assert peak_flops_for_name("Tesla V100-SXM2-16GB", "fp32") == pytest.approx(15.7 * tf)  # no TF32
     assert peak_flops_for_name("Tesla T4", "fp16") == pytest.approx(65 * tf)

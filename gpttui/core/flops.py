@@ -17,14 +17,14 @@ from gpttui.core.config import GPTConfig
 
 # Dense peak TFLOP/s (no 2:4 sparsity: datasheets print sparse figures with an asterisk; these are half
 # of those) by a fragment of the name torch.cuda.get_device_name gives. Matched in this order, case
-# ignored, first hit wins: longer names come before their prefixes (A100 before A10, L40S before L4).
+# ignored, first hit wins: longer names come before their prefixes (A100 before A10, L40S and L40 before L4).
 # fp32: plain FP32 (CUDA cores); tf32/bf16/fp16: tensor cores, FP32 accumulate. None: the GPU has no such
 # mode (V100 and T4: no TF32, no bf16). Sources:
 # - H100 SXM / PCIe / NVL, H200 SXM / NVL: NVIDIA H100 and H200 Tensor Core GPU datasheets (2023-2024).
 # - A100: NVIDIA A100 datasheet (SXM and PCIe share the tensor figures). A10: NVIDIA A10 datasheet.
-# - A10G (AWS g5): no NVIDIA datasheet; the figures AWS and NVIDIA partners quote (about half the
-#   A10's tensor rate). Approximate: give --peak-tflops for an exact MFU.
-# - L4, L40S: NVIDIA L4 and L40S datasheets. V100 (SXM2, PCIe, V100S): NVIDIA V100 datasheet.
+# - A10G (AWS g5): no NVIDIA datasheet; the figures AWS publishes (as tabled in Baseten's "NVIDIA A10 vs
+#   A10G" comparison): about half the A10's tensor rate. Give --peak-tflops if yours differ.
+# - L4, L40, L40S: NVIDIA L4 and L40/L40S datasheets. V100 (SXM2, PCIe, V100S): NVIDIA V100 datasheet.
 # - T4: NVIDIA T4 datasheet. RTX 4090: NVIDIA Ada Lovelace architecture whitepaper, appendix table.
 # - RTX 3090: NVIDIA Ampere GA102 whitepaper, appendix table.
 PEAK_TFLOPS: dict[str, dict[str, float | None]] = {
@@ -34,9 +34,10 @@ PEAK_TFLOPS: dict[str, dict[str, float | None]] = {
     "H200 NVL": {"fp32": 60.0, "tf32": 417.5, "bf16": 835.5, "fp16": 835.5},
     "H200": {"fp32": 67.0, "tf32": 494.7, "bf16": 989.4, "fp16": 989.4},  # SXM
     "A100": {"fp32": 19.5, "tf32": 156.0, "bf16": 312.0, "fp16": 312.0},
-    "A10G": {"fp32": 31.2, "tf32": 35.0, "bf16": 70.0, "fp16": 70.0},
+    "A10G": {"fp32": 31.52, "tf32": 35.0, "bf16": 70.0, "fp16": 70.0},
     "A10": {"fp32": 31.2, "tf32": 62.5, "bf16": 125.0, "fp16": 125.0},
     "L40S": {"fp32": 91.6, "tf32": 183.0, "bf16": 362.0, "fp16": 362.0},
+    "L40": {"fp32": 90.5, "tf32": 90.5, "bf16": 181.0, "fp16": 181.0},
     "L4": {"fp32": 30.3, "tf32": 60.0, "bf16": 121.0, "fp16": 121.0},
     "V100S": {"fp32": 16.4, "tf32": None, "bf16": None, "fp16": 130.0},
     "V100-PCIE": {"fp32": 14.0, "tf32": None, "bf16": None, "fp16": 112.0},

@@ -48,7 +48,8 @@ def resolve_dtype(dtype: str, device: torch.device) -> tuple[str, str | None]:
 
     bf16 on a CUDA GPU without bf16 falls back to fp16 with loss scaling and names the GPU. fp16 on the
     CPU stays fp16 (autocast and GradScaler support it) with a note that it is slow there. fp32 never
-    changes. An unknown name is a :class:`ConfigError`."""
+    changes. On Apple GPUs (MPS) fp16 becomes bf16 (see :func:`_mps_dtype`). An unknown name is a
+    :class:`ConfigError`."""
     _check_dtype(dtype)
     device = torch.device(device)
     if dtype == "bf16" and device.type == "cuda" and not cuda_has_bf16(device):
@@ -57,7 +58,25 @@ def resolve_dtype(dtype: str, device: torch.device) -> tuple[str, str | None]:
     if dtype == "fp16" and device.type == "cpu":
         return "fp16", ("fp16 on the CPU is slow (CPUs have no fast fp16 arithmetic) and is for learning "
                         "only; use bf16 or fp32 for real runs.")
+    if device.type == "mps" and dtype != "fp32":
+        return _mps_dtype(dtype)
     return dtype, None
+
+
+def _mps_dtype(dtype: str) -> tuple[str, str | None]:
+    """bf16 or fp16 on an Apple GPU. Loss scaling there has had bugs until recent torch (no float64 for
+    the scale, fp16 gradients zeroed by the unscale kernel, the fused AdamW ignoring a skipped step:
+    pytorch PRs 144022, 184286, 186360), so fp16 trains in bf16 instead, which needs no scaler; bf16 needs
+    macOS 14, else fp32."""
+    try:
+        has_bf16 = bool(torch.backends.mps.is_macos_or_newer(14, 0))
+    except (AttributeError, RuntimeError):  # no MPS backend in this build, or an old torch
+        has_bf16 = False
+    if has_bf16:
+        if dtype == "bf16":
+            return "bf16", None
+        return "bf16", "fp16 loss scaling is unreliable on Apple GPUs (MPS): training in bf16 instead."
+    return "fp32", f"{dtype} on Apple GPUs (MPS) needs macOS 14 or newer here: training in fp32 instead."
 
 
 def autocast(device: torch.device, dtype: str) -> ContextManager:
