@@ -79,7 +79,7 @@ def gpt2_bpe_dir() -> str | None:
     return None
 
 
-def train_events(shape: Shape, dtype: str, *, compile_: bool, nproc: int = 1,
+def train_events(shape: Shape, dtype: str, *, compile_: bool, nproc: int = 1, peak_tflops: float | None = None,
                  timeout: float = 600) -> tuple[list[dict], str]:
     """Run ``gpttui train --json`` in a fresh GPTTUI_HOME; the events it printed and its stderr tail."""
     argv = [sys.executable, "-m", "gpttui", "train", "--json", *shape.model_flags,
@@ -90,6 +90,8 @@ def train_events(shape: Shape, dtype: str, *, compile_: bool, nproc: int = 1,
         argv.append("--compile")
     if nproc > 1:
         argv += ["--nproc", str(nproc)]
+    if peak_tflops is not None:
+        argv += ["--peak-tflops", str(peak_tflops)]
     with tempfile.TemporaryDirectory(prefix="gpttui-gpu-check-") as home:
         env = dict(os.environ, GPTTUI_HOME=home, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         bpe = gpt2_bpe_dir()
@@ -116,7 +118,8 @@ def _parse(stdout: str) -> list[dict]:
     return events
 
 
-def summarise(part: str, setting: str, events: list[dict], err: str, shape: Shape, dtype: str) -> Row:
+def summarise(part: str, setting: str, events: list[dict], err: str, shape: Shape, dtype: str,
+              peak_tflops: float | None = None) -> Row:
     """A row from a run's events: measured tokens/s after the warm-up steps, MFU from it, and the trainer's
     own figures (peak memory, MFU, compile warm-up) where it reports them."""
     row = Row(part, setting)
@@ -124,18 +127,17 @@ def summarise(part: str, setting: str, events: list[dict], err: str, shape: Shap
     started = next((e for e in events if e["event"] == "started"), None)
     if err:
         row.notes.append(f"failed: {err[:100]}")
-    later = [e for e in steps if e["step"] > shape.warmup]
-    first = next((e for e in steps if e["step"] == shape.warmup), None)
-    if first is not None and later and later[-1]["elapsed"] > first["elapsed"]:
-        last = later[-1]
+    timed = [e for e in steps if e["step"] >= shape.warmup]  # the trainer may log every step or every few
+    if len(timed) >= 2 and timed[-1]["elapsed"] > timed[0]["elapsed"]:
+        first, last = timed[0], timed[-1]
         row.tokens_per_sec = (last["tokens_seen"] - first["tokens_seen"]) / (last["elapsed"] - first["elapsed"])
-        row.notes.append(f"steps {shape.warmup + 1}-{last['step']}")
+        row.notes.append(f"steps {first['step'] + 1}-{last['step']}")
     elif not err:
         row.notes.append(f"only {len(steps)} steps reported")
     if started is not None and row.tokens_per_sec is not None:
         cfg = GPTConfig.from_dict(started["model_config"])
         device = torch.device(started["device"])
-        peak = peak_flops(device, started.get("dtype", dtype))
+        peak = peak_flops(device, started.get("dtype", dtype), peak_tflops)
         row.mfu = mfu(flops_per_token(cfg, shape.context), row.tokens_per_sec, peak)
         if started.get("dtype") and started["dtype"] != dtype:
             row.notes.append(f"ran as {started['dtype']}")
@@ -278,10 +280,13 @@ def main() -> int:
     ap.add_argument("--dtype-steps", type=int, default=40, help="steps per dtype in part d (default 40)")
     ap.add_argument("--decode-tokens", type=int, default=256)
     ap.add_argument("--reps", type=int, default=2, help="timed decode runs per setting; the best counts")
+    ap.add_argument("--peak-tflops", type=float, default=None,
+                    help="the card's peak TFLOP/s for MFU (default: gpttui.core.flops' table; smoke: 1)")
     ap.add_argument("--out", type=Path, help="also write the rows as JSON here")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     shape, decode_cfg, kind = shapes(args)
+    peak = args.peak_tflops if args.peak_tflops is not None or not args.cpu_smoke else 1.0
     if kind == "cuda" and not torch.cuda.is_available():
         print("No CUDA GPU here: run with --cpu-smoke to check the script on the CPU.", file=sys.stderr)
         return 2
@@ -295,9 +300,9 @@ def main() -> int:
     compile_ = not args.cpu_smoke  # compiling on the CPU needs a C++ toolchain and minutes
     one_proc: Row | None = None
     if "a" in args.parts:
-        ev, err = train_events(shape, "bf16", compile_=compile_)
+        ev, err = train_events(shape, "bf16", compile_=compile_, peak_tflops=peak)
         one_proc = summarise("a", f"train bf16{' compile' if compile_ else ''} B{shape.batch} T{shape.context}",
-                             ev, err, shape, "bf16")
+                             ev, err, shape, "bf16", peak)
         rows.append(one_proc)
         print(f"  a done ({time.perf_counter() - t_start:.0f} s)", flush=True)
     if "b" in args.parts:
@@ -305,8 +310,8 @@ def main() -> int:
         print(f"  b done ({time.perf_counter() - t_start:.0f} s)", flush=True)
     if "c" in args.parts:
         if n_gpus >= 2 or args.cpu_smoke:
-            ev, err = train_events(shape, "bf16", compile_=compile_, nproc=2)
-            two = summarise("c", "train bf16, --nproc 2", ev, err, shape, "bf16")
+            ev, err = train_events(shape, "bf16", compile_=compile_, nproc=2, peak_tflops=peak)
+            two = summarise("c", "train bf16, --nproc 2", ev, err, shape, "bf16", peak)
             if one_proc is not None and one_proc.tokens_per_sec and two.tokens_per_sec:
                 two.notes.insert(0, f"x{two.tokens_per_sec / one_proc.tokens_per_sec:.2f} vs 1 process")
             rows.append(two)
@@ -317,8 +322,8 @@ def main() -> int:
         eager = Shape(shape.model_flags, shape.batch, shape.context, min(args.dtype_steps, shape.steps),
                       min(shape.warmup, 5), shape.device)
         for dtype in ("fp32", "fp16", "bf16"):
-            ev, err = train_events(eager, dtype, compile_=False)
-            rows.append(summarise("d", f"train {dtype} eager", ev, err, eager, dtype))
+            ev, err = train_events(eager, dtype, compile_=False, peak_tflops=peak)
+            rows.append(summarise("d", f"train {dtype} eager", ev, err, eager, dtype, peak))
         print(f"  d done ({time.perf_counter() - t_start:.0f} s)", flush=True)
     print()
     print_table(rows, header)

@@ -43,6 +43,20 @@ def test_resolve_dtype_for_mps_without_mps_backend_falls_back_to_fp32():
         assert got == "fp32" and "macOS 14" in note
 
 
+def test_resolve_dtype_bf16_on_a_gpu_without_bf16(monkeypatch):
+    """The CUDA branch, with the card's answers stood in for (there is no GPU here to ask)."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla V100-SXM2-16GB")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # emulated: not enough
+    cuda = torch.device("cuda:0")
+    assert resolve_dtype("bf16", cuda) == (
+        "fp16", "Tesla V100-SXM2-16GB has no bf16: training in fp16 with loss scaling instead.")
+    assert resolve_dtype("fp16", cuda) == ("fp16", None) and resolve_dtype("fp32", cuda) == ("fp32", None)
+    assert peak_flops(cuda, "fp16") == pytest.approx(125e12)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    assert resolve_dtype("bf16", cuda) == ("bf16", None)
+
+
 def test_autocast_follows_the_dtype():
     a, b = torch.randn(4, 8), torch.randn(8, 3)
     for dtype, expected in (("fp32", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16)):

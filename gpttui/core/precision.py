@@ -120,6 +120,9 @@ def apply_determinism(enabled: bool, device: torch.device) -> str | None:
     non-deterministic), and the cuDNN backend is never chosen. So the math backend need not be forced:
     :func:`sdpa_context` only keeps cuDNN attention out explicitly.
 
+    Losses must take flattened (N, vocab) logits, as gpttui's do: ``cross_entropy`` on 3-D logits goes
+    through ``nll_loss2d``, whose CUDA forward has no deterministic kernel and raises in strict mode.
+
     Off: the same switches back to torch's defaults (deterministic algorithms off, cuDNN not forced), so
     a later non-deterministic run in the same process is not slowed; the environment variable stays.
     """
