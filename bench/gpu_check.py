@@ -17,8 +17,8 @@ Parts (all on the same card, named in the header through gpttui.core.flops.devic
   d  precision: fp32 (TF32 matmuls) vs fp16 (loss scaling) vs bf16 tokens/s, eager (no compile), the
      part-a shape, --dtype-steps steps each.
 
---cpu-smoke runs every part on the CPU with tiny shapes (seconds), to check the script itself where
-there is no GPU: its figures mean nothing.
+--cpu-smoke runs every part on the CPU with tiny shapes (about a minute on 2 cores, most of it process
+start-up), to check the script itself where there is no GPU: its figures mean nothing.
 
     python bench/gpu_check.py [--parts a b c d] [--steps 100] [--out results.json]
     python bench/gpu_check.py --cpu-smoke
@@ -272,7 +272,7 @@ def shapes(args: argparse.Namespace) -> tuple[Shape, GPTConfig, str]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--parts", nargs="+", default=["a", "b", "c", "d"], choices=["a", "b", "c", "d"])
-    ap.add_argument("--cpu-smoke", action="store_true", help="tiny shapes on the CPU: checks the script, in seconds")
+    ap.add_argument("--cpu-smoke", action="store_true", help="tiny shapes on the CPU: checks the script (about a minute)")
     ap.add_argument("--steps", type=int, default=None, help="training steps in parts a and c (default 100; smoke 8)")
     ap.add_argument("--warmup", type=int, default=10, help="steps left out of tokens/s (compile warm-up; default 10)")
     ap.add_argument("--batch", type=int, default=16)
