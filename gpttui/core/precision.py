@@ -108,10 +108,12 @@ def apply_determinism(enabled: bool, device: torch.device) -> str | None:
     set to ``:4096:8`` unless it already holds one of NVIDIA's deterministic values.
 
     cuBLAS reads that variable once, when torch first sizes its workspace (the first matmul on the GPU in
-    this process): if CUDA already ran a matmul before this call (an earlier run in the same app), the
-    setting comes too late for this process: torch's own check reads the variable at every call, so it
-    does not raise, but cuBLAS may still pick non-deterministic reductions. The note then says to start
-    the run in a fresh process (the CLI does; ``gpttui train --deterministic``).
+    this process): if a matmul already ran on the GPU before this call (an earlier run in the same app),
+    the setting comes too late for this process: torch's own check reads the variable at every call, so
+    it does not raise, but cuBLAS may keep its earlier workspace. Call this before the model goes to the
+    GPU: memory already held there by torch's allocator is taken as the sign that cuBLAS may have
+    started, and the note then says to start the run in a fresh process (``gpttui train
+    --deterministic`` from the CLI is one).
 
     Attention (SDPA) on CUDA, from torch's ``sdp_utils.cpp`` / ``attention_backward.cu`` (torch >= 2.6,
     what gpttui needs): the forward passes of the flash, memory-efficient and math backends are
@@ -131,7 +133,7 @@ def apply_determinism(enabled: bool, device: torch.device) -> str | None:
         torch.use_deterministic_algorithms(False)
         torch.backends.cudnn.deterministic = False
         return None
-    late = device.type == "cuda" and torch.cuda.is_initialized()
+    late = device.type == "cuda" and torch.cuda.is_initialized() and torch.cuda.memory_reserved(device) > 0
     if os.environ.get(CUBLAS_ENV) not in CUBLAS_DETERMINISTIC:
         os.environ[CUBLAS_ENV] = CUBLAS_DETERMINISTIC[0]
     torch.use_deterministic_algorithms(True)
