@@ -210,8 +210,16 @@ def _weights_only_safe(obj: Any, where: str) -> Any:
 # ---------------------------------------------------------------------------------------------
 
 
+def _mps_ready() -> bool:
+    """MPS exists here and its generator can be read (``torch.mps`` lacks the calls in some builds)."""
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available() and hasattr(torch, "mps")
+                and hasattr(torch.mps, "get_rng_state"))
+
+
 def capture_rng_state() -> dict[str, Any]:
-    """Torch CPU (and CUDA), Python ``random`` and numpy global RNG states, as weights_only-safe data."""
+    """Torch CPU, CUDA (every device, once CUDA is in use) and MPS, Python ``random`` and numpy global
+    RNG states, as weights_only-safe data."""
     version, internal, gauss_next = random.getstate()
     np_name, np_keys, np_pos, np_has_gauss, np_cached = np.random.get_state()
     state: dict[str, Any] = {
@@ -222,15 +230,41 @@ def capture_rng_state() -> dict[str, Any]:
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = [s.cpu() for s in torch.cuda.get_rng_state_all()]
+    if _mps_ready():
+        state["mps"] = torch.mps.get_rng_state().cpu()
     return state
 
 
-def restore_rng_state(state: Mapping[str, Any]) -> None:
-    """Undo :func:`capture_rng_state`. Parts that are missing (or CUDA without a GPU) are skipped."""
+def _restore_cuda(states: list[Any]) -> str | None:
+    """Set every CUDA device's generator, or say why not (no GPU here, another number of them)."""
+    have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if have != len(states):
+        where = "this machine has none" if have == 0 else f"this machine has {have}"
+        return (f"The saved random state is for {len(states)} CUDA device(s) and {where}: GPU random numbers "
+                "(dropout on the GPU) start afresh, so the resumed run will not repeat the original exactly.")
+    torch.cuda.set_rng_state_all([torch.as_tensor(s, dtype=torch.uint8).cpu() for s in states])
+    return None
+
+
+def _restore_mps(state: Any) -> str | None:
+    if not _mps_ready():
+        return ("The saved random state includes an Apple GPU (MPS) part and this machine has no MPS: its random "
+                "numbers start afresh, so the resumed run will not repeat the original exactly.")
+    torch.mps.set_rng_state(torch.as_tensor(state, dtype=torch.uint8).cpu())
+    return None
+
+
+def restore_rng_state(state: Mapping[str, Any]) -> list[str]:
+    """Undo :func:`capture_rng_state`. Missing parts are skipped; a device part this machine cannot take
+    (CUDA state without a GPU or for another number of GPUs, MPS state without MPS) is skipped too and
+    the returned notes say so, for the caller to show (callers that ignore them lose nothing else)."""
+    notes: list[str] = []
     if "torch" in state:
         torch.set_rng_state(torch.as_tensor(state["torch"], dtype=torch.uint8).cpu())
-    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all([torch.as_tensor(s, dtype=torch.uint8).cpu() for s in state["cuda"]])
+    if state.get("cuda"):
+        notes.append(_restore_cuda(list(state["cuda"])))
+    if state.get("mps") is not None:
+        notes.append(_restore_mps(state["mps"]))
     if "python" in state:
         version, internal, gauss_next = state["python"]
         random.setstate((int(version), tuple(int(x) for x in internal), gauss_next))
@@ -238,6 +272,7 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
         s = state["numpy"]
         np.random.set_state((s["bit_generator"], np.asarray(s["keys"], dtype=np.uint32), int(s["pos"]),
                              int(s["has_gauss"]), float(s["cached_gaussian"])))
+    return [note for note in notes if note]
 
 
 # ---------------------------------------------------------------------------------------------
