@@ -31,6 +31,17 @@ class Out:
             self.alive = False
 
 
+def _speed(step) -> str:
+    """What follows the book's line: tokens/s, MFU and peak memory when known, the ETA."""
+    parts = [f"{step.tokens_per_sec:,.0f} tok/s"]
+    if step.mfu is not None:
+        parts.append(f"MFU {step.mfu:.0%}")
+    if step.peak_memory is not None:
+        parts.append(f"peak {format_bytes(step.peak_memory)}")
+    parts.append(f"ETA {format_duration(step.eta)}")
+    return ", " + ", ".join(parts)
+
+
 class EventPrinter:
     """Prints training events as the book's loop does (one line per evaluation), or as JSON lines."""
 
@@ -58,11 +69,14 @@ class EventPrinter:
             self._start_book(event)
         elif isinstance(event, ev.StepEvent):
             self.last_step = event
+            if event.compile_seconds is not None:
+                out(f"Compiled in {event.compile_seconds:.1f} s (the first step; not counted in tok/s or the ETA).",
+                    err=True)
         elif isinstance(event, ev.EvalEvent):
             from gpttui.core.book import book_line
 
             last = self.last_step
-            extra = f", {last.tokens_per_sec:,.0f} tok/s, ETA {format_duration(last.eta)}" if last and not self.book else ""
+            extra = _speed(last) if last and not self.book else ""
             out(book_line(event.epoch, event.step, event.train_loss, event.val_loss) + extra)
             if self.book_check is not None:
                 self.book_check.add(event.step, event.train_loss, event.val_loss)

@@ -250,7 +250,7 @@ def test_cli_train_prints_the_books_lines(corpus):
     proc = _cli("train", "--data", str(corpus), *TINY_FLAGS, "--max-steps", "6", "--save", "cli",
                 "--start-context", "The ")
     assert proc.returncode == 0, proc.stderr
-    assert re.search(r"^Ep 1 \(Step 000000\): Train loss \d+\.\d{3}, Val loss \d+\.\d{3}, .* tok/s, ETA ", proc.stdout, re.M)
+    assert re.search(r"^Ep 1 \(Step 000000\): Train loss \d+\.\d{3}, Val loss \d+\.\d{3}, .* tok/s, peak [\d.]+ [KMG]?i?B, ETA ", proc.stdout, re.M)
     assert re.search(r"^Ep 1 \(Step 000005\)", proc.stdout, re.M)
     assert "Saved checkpoint 'cli'" in proc.stdout
     listing = _cli("checkpoints", "list")

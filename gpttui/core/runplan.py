@@ -121,6 +121,7 @@ class ResumeState:
     optimizer_state: dict | None  # None: AdamW starts fresh
     rng: dict | None  # None: not restored (other data, or no trainer state)
     notes: list[str] = field(default_factory=list)
+    scaler: dict | None = None  # fp16's GradScaler state
 
 
 def load_resume(name: str, data: PreparedData, tokenizer: Tokenizer, *, fresh_optimizer: bool = False) -> ResumeState:
@@ -156,8 +157,9 @@ def load_resume(name: str, data: PreparedData, tokenizer: Tokenizer, *, fresh_op
         position.epoch, position.batch = 0, 0
         step_offset, rng = position.step, None
     history = state["history"] if state is not None and isinstance(state.get("history"), dict) else None
+    scaler = state.get("scaler") if state is not None and rng is not None else None
     return ResumeState(loaded.model, loaded.config, position, same_data, step_offset, history,
-                       None if fresh_optimizer else opt, rng, notes)
+                       None if fresh_optimizer else opt, rng, notes, scaler if isinstance(scaler, dict) else None)
 
 
 def _check_resume_files(name: str, loaded: Any, state: dict | None, opt: dict | None, fresh_optimizer: bool) -> None:

@@ -26,14 +26,13 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import torch
 
 from gpttui import __version__
-from gpttui.core import paths
-from gpttui.core.book import BookParts, book_loaders, book_sample, epoch_batches
+from gpttui.core import flops, precision
+from gpttui.core.book import BookParts, book_loaders, epoch_batches
 from gpttui.core.config import GPTConfig, TrainConfig
 from gpttui.core.control import Decisions, TrainControl
 from gpttui.core.distributed import SINGLE, DistInfo, agree, grad_sync, host_values, rank_device, wrap
@@ -42,12 +41,13 @@ from gpttui.core.errors import ConfigError, GPTTUIError
 from gpttui.core.feed import prefetch
 from gpttui.core.events import (EVENT_TYPES, Callback, CheckpointEvent, EvalEvent, Event, FailedEvent, FinishedEvent, RunLog, SampleEvent, Started, StateEvent, StepEvent,
                                 new_run_id, now_iso, read_run_events)
-from gpttui.core.generate import sample_text
-from gpttui.core.model import GPTModel, calc_loss_loader, count_parameters, perplexity, use_book_math
+from gpttui.core.model import GPTModel, count_parameters, use_book_math
 from gpttui.core.resources import pick_device
 from gpttui.core.runplan import (Position, SavePlan, checkpoint_data_settings, dataset_matches, load_resume,
                                  plan_save, prepare_checkpoint_data)
 from gpttui.core.tokenizer import Tokenizer
+from gpttui.core.train_eval import Evaluating
+from gpttui.core.train_save import NonFiniteLoss, Saving, describe_failure, is_out_of_memory
 
 # --- schedule ----------------------------------------------------------------------------------------
 
@@ -65,10 +65,6 @@ def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
 
 
 # --- the trainer ---------------------------------------------------------------------------------
-
-
-class NonFiniteLoss(GPTTUIError):
-    pass
 
 
 @dataclass
@@ -111,7 +107,7 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devic
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-class Trainer:
+class Trainer(Evaluating, Saving):
     """Builds (or resumes) a model and trains it on ``data``, reporting through ``callback``.
 
     ``model_config`` is the shape for a new model; with ``resume`` (a checkpoint name) the model,
@@ -156,6 +152,7 @@ class Trainer:
         self.history: dict[str, list] = {"train_losses": [], "val_losses": [], "tokens_seen": [], "steps": []}
         self._resume_opt: dict | None = None
         self._resume_rng: dict | None = None
+        self._resume_scaler: dict | None = None  # fp16's loss scale and its growth tracker
         self._log: RunLog | None = None
         self._status = None  # gpttui.core.runs.StatusWriter: status.json, for other processes
         self._inbox = None  # gpttui.core.runs.CommandInbox: commands/ from other processes
@@ -221,9 +218,15 @@ class Trainer:
         return device, count_parameters(self.model)
 
     def _set_precision(self, device: torch.device) -> None:
-        """The dtype the run trains in and fp16's loss scaler."""
-        self.dtype = self.config.dtype
-        self.scaler = torch.amp.GradScaler(device.type) if self.dtype == "fp16" else None
+        """The dtype the run really trains in (bf16 falls back where the GPU lacks it), fp16's loss scaler,
+        and deterministic kernels when asked (set before the model reaches the GPU)."""
+        cfg = self.config
+        self.dtype, note = precision.resolve_dtype(cfg.dtype, device)
+        determinism = precision.apply_determinism(cfg.deterministic, device)
+        self.notes += [n for n in (note, determinism) if n]
+        if device.type != "cpu" and not cfg.deterministic:
+            self.notes.append(precision.exactness_note(device, cfg.deterministic))
+        self.scaler = precision.grad_scaler(self.dtype, device)
 
     def _load_resume(self) -> None:
         """Model, optimizer, RNG, data position and history from the checkpoint being continued
@@ -234,6 +237,7 @@ class Trainer:
         if state.history is not None:
             self.history = state.history
         self._resume_opt, self._resume_rng = state.optimizer_state, state.rng
+        self._resume_scaler = state.scaler
         self._continue_epoch_at_world_size(state.position)
         epoch_rng = (state.rng or {}).get("book_epoch_torch")
         if epoch_rng is not None:
@@ -318,125 +322,6 @@ class Trainer:
                 yield epoch, b, x, y
             epoch, start = epoch + 1, 0
 
-    # -- evaluation and samples
-    @torch.no_grad()
-    def evaluate(self, device: torch.device) -> tuple[float, float]:
-        """The book's ``evaluate_model``: mean loss over ``eval_iter`` batches of each split; the
-        training batches are drawn from a fresh shuffle (as the book's DataLoader gives them)."""
-        model, n = self.model, self.config.eval_iter
-        model.eval()
-        try:
-            if self.book_parts.eval_batches:  # through the loaders: the draws of the book's iter() calls
-                return (calc_loss_loader(self._book_train, model, device, num_batches=n),
-                        calc_loss_loader(self._book_val, model, device, num_batches=n))
-            train = self.data.train_loader
-            order = train.order(epoch=1_000_003 + self.pos.step).numpy()
-            bs = train.batch_size
-            train_batches = [train.windows.batch(order[i * bs:(i + 1) * bs]) for i in range(min(n, len(train)))]
-            val_batches = []
-            for i, batch in enumerate(self.data.val_loader):
-                if i >= n:
-                    break
-                val_batches.append(batch)
-            return self._mean_loss(train_batches, device), self._mean_loss(val_batches, device)
-        finally:
-            model.train()
-
-    def _mean_loss(self, batches: list, device: torch.device) -> float:
-        if not batches:
-            return float("nan")
-        total = 0.0
-        for x, y in batches:
-            with self._autocast(device):
-                logits = self.model(x.to(device))
-            total += torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y.to(device).flatten()).item()
-        return total / len(batches)
-
-    def _autocast(self, device: torch.device):
-        dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
-        return torch.autocast(device.type, dtype=dtypes.get(self.dtype, torch.bfloat16), enabled=self.dtype in dtypes)
-
-    def _sample(self, device: torch.device, epoch: int) -> None:
-        if not self.config.start_context or self.config.sample_tokens <= 0 or not self.dist.main:
-            return
-        if self.book_parts.math:  # the book's generate_text_simple, no KV cache
-            text = book_sample(self.model, self.tokenizer, self.config.start_context, self.config.sample_tokens,
-                               device)
-        else:
-            with self._autocast(device):
-                text = sample_text(self.model, self.tokenizer, self.config.start_context, self.config.sample_tokens,
-                                   self.model_config.context_length, device)
-        self._emit(SampleEvent(self.pos.step, epoch, self.config.start_context, text))
-
-    # -- checkpoints
-    def trainer_state(self, device: torch.device) -> dict[str, Any]:
-        from gpttui.core import checkpoints
-
-        p = self.pos
-        rng = checkpoints.capture_rng_state()
-        if self.book_parts.data_order and self._book_epoch_rng is not None and p.batch:
-            rng["book_epoch_torch"] = self._book_epoch_rng.clone()  # replays this epoch's shuffle on resume
-        return {
-            "position": {"step": p.step, "epoch": p.epoch, "batch": p.batch, "tokens_seen": p.tokens_seen,
-                         "best_val_loss": p.best_val_loss, "world": self.dist.world},
-            "rng": rng,
-            "history": self.history,
-            "run_id": self.run_id,
-        }
-
-    def save(self, device: torch.device, name: str | None = None) -> str | None:
-        from gpttui.core import checkpoints
-
-        p = self.pos
-        if not all(bool(torch.isfinite(t).all()) for t in self.model.parameters()):
-            raise NonFiniteLoss(f"The weights became non-finite by step {p.step}; they were not saved, "
-                                f"{self._last_good()}. Try a lower learning rate, warmup or gradient clipping.")
-        if not self.dist.main:  # rank 0 saves; the weights are the same on every rank
-            return None
-        name = name or self.save_name
-        assert name is not None
-        meta = {
-            "source": "trained",
-            "tokenizer": self.tokenizer.name,
-            "train_config": self.config.to_dict(),
-            "step": p.step,
-            "epoch": self.last_epoch(),
-            "tokens_seen": p.tokens_seen,
-            "best_val_loss": p.best_val_loss if math.isfinite(p.best_val_loss) else None,
-            "last_train_loss": self.history["train_losses"][-1] if self.history["train_losses"] else None,
-            "last_val_loss": self.history["val_losses"][-1] if self.history["val_losses"] else None,
-            "dataset": self.data.identity(),
-            "run_id": self.run_id,
-            "run_dir": str(self._log.dir) if self._log else None,
-        }
-        path = checkpoints.save_checkpoint(name, self.model, optimizer=self.optimizer, meta=meta,
-                                           trainer_state=self.trainer_state(device), lease=self.lease)
-        self.last_checkpoint = name
-        self._emit(CheckpointEvent(p.step, name, str(path)))
-        return name
-
-    def _last_good(self) -> str:
-        return (f"the last good checkpoint is {self.last_checkpoint!r}" if self.last_checkpoint
-                else "no checkpoint was saved in this run")
-
-    def last_epoch(self) -> int:
-        """The 1-based epoch of the last step done (0 before any step)."""
-        p = self.pos
-        if p.step == 0 and p.tokens_seen == 0:
-            return 0
-        return p.epoch if p.batch == 0 else p.epoch + 1
-
-    def serve_snapshots(self) -> None:
-        """Answer pending weight-snapshot requests (called between steps)."""
-        requests = self.control.take_snapshot_requests()
-        if not requests or self.model is None:
-            return
-        weights = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
-        for future in requests:
-            if not future.cancelled():
-                future.set_result((self.model_config, weights))
-
-    # -- the run
     def run(self) -> Event:
         """Train until done, stopped or failed; returns the final (finished or failed) event."""
         try:
@@ -475,8 +360,8 @@ class Trainer:
             self._close_log()
             raise
         except Exception as exc:  # the UI must survive anything; the message says what happened
-            out_of_memory = _is_out_of_memory(exc)
-            event = FailedEvent(_describe_failure(exc), self.pos.step, self.last_checkpoint)
+            out_of_memory = is_out_of_memory(exc)
+            event = FailedEvent(describe_failure(exc), self.pos.step, self.last_checkpoint)
         if out_of_memory:
             event = self._out_of_memory()
         self._emit(event)
@@ -486,43 +371,6 @@ class Trainer:
     def _close_log(self) -> None:
         if self._log is not None:
             self._log.close()
-
-    def _out_of_memory(self) -> FailedEvent:
-        """After an out-of-memory error: free the cache, save the weights of the last step done when they
-        are intact (the error came before the optimizer touched them), and say what to lower."""
-        device = self.device or torch.device("cpu")
-        if self._pos_before_step is not None:  # the failed step's batches were not learned from
-            self.pos = self._pos_before_step
-        if self.optimizer is not None:
-            self.optimizer.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-        saved = ""
-        if self.model is not None and self.pos.step > 0 and not self._in_update and self.save_name:
-            try:
-                if self.save(device):
-                    saved = f" The weights of step {self.pos.step} were saved as {self.save_name!r}."
-            except (GPTTUIError, OSError, torch.OutOfMemoryError) as exc:
-                saved = f" The weights could not be saved ({exc}); {self._last_good()}."
-        elif self.pos.step > 0:
-            last = self._last_good()
-            saved = f" {last[:1].upper()}{last[1:]}."
-        settings = self.data.settings
-        try:
-            from gpttui.core.memory import oom_advice
-
-            advice = oom_advice(self.model_config, settings.batch_size, settings.context_length, dtype=self.dtype,
-                                device=device, grad_accum=self.config.grad_accum)
-        except Exception:  # the advice must never hide the failure
-            advice = ("lower the batch size or context length, use a smaller model, or use --dtype bf16 / "
-                      "gradient accumulation")
-        return FailedEvent(f"Out of memory on {device} at step {self.pos.step + 1} (batch {settings.batch_size} x "
-                           f"context {settings.context_length}, {self.dtype}).{saved} To fit: {advice}.",
-                           self.pos.step, self.last_checkpoint)
-
-    def _cancel_snapshots(self) -> None:
-        for future in self.control.take_snapshot_requests():
-            future.cancel()  # the run is over: the caller copies the weights itself
 
     def _run(self, start_time: float) -> Event:
         device, n_params = self._build()
@@ -566,13 +414,16 @@ class Trainer:
         if self.book_parts.data_order and self.pos.batch and self._book_epoch_rng is None:
             self.notes.append(f"{self.resume!r} was saved mid-epoch outside book mode: the rest of epoch "
                               f"{self.pos.epoch + 1} follows a new shuffle, so this run will not match the book's.")
-        self._emit(Started(self.run_id, str(self._log.dir) if self._log else "", cfg.to_dict(), self.model_config.to_dict(), n_params,
-                           str(device), cfg.dtype, total_steps, per_epoch, tokens_per_step, self.pos.step,
-                           self.resume, self.data.identity(), self.save_name, list(self.notes), self.dist.world))
         if self._resume_rng is not None:
             from gpttui.core import checkpoints
 
-            checkpoints.restore_rng_state(self._resume_rng)
+            self.notes += checkpoints.restore_rng_state(self._resume_rng) or []
+        if self.scaler is not None and self._resume_scaler:
+            self.scaler.load_state_dict(self._resume_scaler)
+        flops.reset_peak_memory(device)
+        self._emit(Started(self.run_id, str(self._log.dir) if self._log else "", cfg.to_dict(), self.model_config.to_dict(), n_params,
+                           str(device), cfg.dtype, total_steps, per_epoch, tokens_per_step, self.pos.step,
+                           self.resume, self.data.identity(), self.save_name, list(self.notes), self.dist.world))
         self.model.train()
         # One batch ahead on the device; not in the book's data order, whose DataLoader draws from the
         # global RNG when an epoch begins (drawn early, it would move every dropout mask after it).
@@ -674,11 +525,13 @@ class Trainer:
         """The loss of one batch (left on the device), its gradient accumulated, scaled by ``grad_accum``
         (and by fp16's loss scale)."""
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with self._autocast(device):
-            logits = model(x)
-        loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y.flatten())
-        scaled = loss / self.config.grad_accum
-        (scaled if self.scaler is None else self.scaler.scale(scaled)).backward()
+        with precision.sdpa_context(self.config.deterministic, device):
+            with self._autocast(device):
+                logits = model(x)
+            # (N, V) logits: the 3-D form goes through nll_loss2d, which deterministic CUDA refuses
+            loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+            scaled = loss / self.config.grad_accum
+            (scaled if self.scaler is None else self.scaler.scale(scaled)).backward()
         return loss.detach()
 
     def _after_step(self, loop: _Loop, device: torch.device, step: _Step) -> None:
@@ -717,27 +570,11 @@ class Trainer:
                              shown_tps, now - loop.start_time, loop.total_steps, eta, peak_memory, mfu, warmup))
 
     def _meters(self, device: torch.device, tokens_per_sec: float) -> tuple[int | None, float | None]:
-        """Peak device memory and model FLOPs utilisation (allocator counters: no device sync)."""
-        return None, None
-
-    def _evaluate_and_report(self, device: torch.device, epoch: int) -> bool:
-        """Evaluate, extend the loss curve, report; sample too with ``sample_at_eval`` (returns whether).
-        With several processes rank 0 alone evaluates; the others go on to the next step's all-reduce."""
-        if not self.dist.main:
-            return self.config.sample_at_eval
-        train_loss, val_loss = self.evaluate(device)
-        if math.isfinite(val_loss):
-            self.pos.best_val_loss = min(self.pos.best_val_loss, val_loss)
-        self.history["train_losses"].append(train_loss)
-        self.history["val_losses"].append(val_loss)
-        self.history["tokens_seen"].append(self.pos.tokens_seen)
-        self.history["steps"].append(self.pos.step)
-        self._emit(EvalEvent(self.pos.step, epoch, self.pos.tokens_seen, train_loss, val_loss,
-                             perplexity(train_loss), perplexity(val_loss), self.pos.best_val_loss))
-        if self.config.sample_at_eval:
-            self._sample(device, epoch)
-            return True
-        return False
+        """Peak device memory and model FLOPs utilisation (allocator counters: no device sync). With
+        several processes the tokens are all ranks' and the peak is the sum of their devices'."""
+        peak = flops.peak_flops(device, self.dtype, self.config.peak_tflops)
+        per_token = flops.flops_per_token(self.model_config, self.data.settings.context_length)
+        return flops.peak_memory(device), flops.mfu(per_token, tokens_per_sec, peak and peak * self.dist.world)
 
     def _finish(self, loop: _Loop, device: torch.device, reason: str, start_time: float,
                 decisions: Decisions) -> Event:
@@ -755,20 +592,6 @@ class Trainer:
         self._close_log()
         return event
 
-
-def _is_out_of_memory(exc: Exception) -> bool:
-    """CUDA raises torch.OutOfMemoryError; the CPU and MPS allocators raise a RuntimeError that says so."""
-    text = str(exc)
-    return isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text.lower())
-
-
-def _describe_failure(exc: Exception) -> str:
-    """One line for an unexpected failure; a disk error names the folder and the free space."""
-    if isinstance(exc, OSError):
-        from gpttui.core.store import describe_os_error
-
-        return describe_os_error(exc, "Training stopped", Path(exc.filename or paths.data_dir()))
-    return f"{type(exc).__name__}: {exc}"
 
 
 __all__ = ["Trainer", "TrainConfig", "TrainControl", "NonFiniteLoss", "lr_at", "make_optimizer", "pick_device",
