@@ -1,8 +1,8 @@
 """Training with several processes (torchrun DDP, gloo on the CPU) and the single-process hot path.
 
 - two ranks end with identical weights, and their loss curve is one process's with the doubled batch;
-- `gpttui train --nproc 2` stops both ranks on one request, with one checkpoint, which a one-process run
-  continues with a note saying how.
+- `gpttui train --nproc 2` pauses, saves while paused, resumes and stops both ranks on one request each
+  (rank 0 writes every checkpoint); a one-process run continues it with a note saying how.
 """
 
 import os
@@ -58,7 +58,7 @@ def test_two_ranks_train_as_one_process_with_the_doubled_batch(tmp_path, corpus)
     assert default_store().exists("ddp-equal")
 
 
-def test_nproc_2_stops_on_one_request_with_one_checkpoint(corpus):
+def test_nproc_2_pauses_saves_and_stops_together(corpus):
     run_id = "20261128-000000-ddp2"
     launcher = subprocess.Popen(
         [sys.executable, "-m", "gpttui", "train", "--data", str(corpus), *TINY_FLAGS, "--epochs", "100000",
@@ -68,6 +68,15 @@ def test_nproc_2_stops_on_one_request_with_one_checkpoint(corpus):
     try:
         wait_for(lambda: (run_dir / "events.jsonl").exists()
                  and any(e.get("event") == "step" for e in read_run_events(run_dir)), "a step of the DDP run", 180)
+        # pause (both ranks wait, agreeing every quarter second), save while paused, resume, stop
+        send_command(run_dir, "pause")
+        wait_for(lambda: any(e.get("event") == "state" and e["paused"] for e in read_run_events(run_dir)), "paused")
+        send_command(run_dir, "save")
+        wait_for(lambda: any(e.get("event") == "checkpoint" for e in read_run_events(run_dir)), "a save while paused")
+        paused_at = [e for e in read_run_events(run_dir) if e.get("event") == "step"][-1]["step"]
+        send_command(run_dir, "resume")
+        wait_for(lambda: [e for e in read_run_events(run_dir) if e.get("event") == "step"][-1]["step"] > paused_at,
+                 "a step after resuming")
         send_command(run_dir, "stop")
         out, err = launcher.communicate(timeout=120)
     finally:
@@ -79,10 +88,21 @@ def test_nproc_2_stops_on_one_request_with_one_checkpoint(corpus):
     assert started["processes"] == 2 and started["tokens_per_step"] == 2 * 4 * 32
     finished = [e for e in events if e["event"] == "finished"]
     assert len(finished) == 1 and finished[0]["reason"] == "stopped"
-    assert [e["name"] for e in events if e["event"] == "checkpoint"] == ["ddp-stop"]
+    saves = [e for e in events if e["event"] == "checkpoint"]
+    assert [e["name"] for e in saves] == ["ddp-stop", "ddp-stop"]  # while paused, and at the stop
+    assert saves[0]["step"] == paused_at < saves[1]["step"] == finished[0]["step"]
+    kinds = [e["event"] for e in events]
+    assert kinds.index("state") < kinds.index("checkpoint")  # the save came while paused
     assert "2 processes (DDP" in out
     assert [c.name for c in default_store().list()] == ["ddp-stop"]
     step = finished[0]["step"]
+
+    # Two processes continue it where it stopped, with nothing to explain.
+    same = cli("train", "--resume", "ddp-stop", "--max-steps", str(step + 2), "--nproc", "2", *TINY_FLAGS[-6:])
+    assert same.returncode == 0, same.stderr[-3000:]
+    assert f"resumed from ddp-stop at step {step}" in same.stdout and "process(es)" not in same.stderr
+    assert default_store().load("ddp-stop").typed.step == step + 2
+    step += 2
 
     # One process continues it: the steps took 4x2 windows and now take 4; it says so.
     again = cli("train", "--resume", "ddp-stop", "--max-steps", str(step + 2), *TINY_FLAGS[-6:])
