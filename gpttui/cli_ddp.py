@@ -4,9 +4,8 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
-import signal
-import subprocess
 
 from gpttui.cli_output import Out
 
@@ -30,11 +29,16 @@ def under_torchrun() -> bool:
 
 
 def run_torchrun(args: argparse.Namespace, out: Out) -> int:
-    """Start ``gpttui train ...`` (without --nproc) as ``args.nproc`` torchrun processes and wait.
+    """Run ``gpttui train ...`` (without --nproc) as ``args.nproc`` torchrun processes; this process is
+    torchrun's agent (in-process, so a worker's failure reads as its own message, not a launcher traceback).
 
-    They share this terminal: Ctrl+C and a closed SSH link reach torchrun and every worker, which finish
-    the step, save (rank 0) and stop together; torchrun ends them all when one fails. A SIGTERM sent to
-    this launcher alone is passed on to torchrun."""
+    The workers share this terminal: Ctrl+C and a closed SSH link reach each of them, and they finish the
+    step, save (rank 0) and stop together; torchrun passes its own signals on, gives them 30 s, and ends
+    them all when one fails. Returns the exit code of the first process that failed (0 when none did)."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
     from gpttui.core.distributed import torchrun_command
     from gpttui.core.events import new_run_id
 
@@ -43,23 +47,24 @@ def run_torchrun(args: argparse.Namespace, out: Out) -> int:
     if not args.run_id:
         argv += ["--run-id", run_id]
     out(f"Training with {args.nproc} processes (torchrun, DDP); run {run_id}.", err=True)
-    env = dict(os.environ)
     # torchrun sets one thread per process (and prints a banner) unless told: share this machine's cores.
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.nproc)))
-    child = subprocess.Popen(torchrun_command(args.nproc, argv), env=env)
-
-    def forward(signum, frame):
-        if signum != signal.SIGINT:  # the terminal's Ctrl+C has reached torchrun already
-            child.send_signal(signum)
-
-    for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
-        if sig is not None and signal.getsignal(sig) != signal.SIG_IGN:
-            signal.signal(sig, forward)
-    while True:
-        try:
-            return child.wait()
-        except KeyboardInterrupt:  # pragma: no cover - the handler above replaces the default
-            continue
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.nproc)))
+    for name in list(logging.root.manager.loggerDict):  # the workers speak for themselves
+        if name.startswith("torch.distributed"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+    command = torchrun_command(args.nproc, argv)
+    try:
+        run(parse_args(command[3:]))  # after "python -m torch.distributed.run"
+    except ChildFailedError as exc:
+        rank, failure = exc.get_first_failure()
+        code = failure.exitcode
+        if code < 0:
+            out(f"Rank {rank} was ended by signal {-code}.", err=True)
+            return 128 - code
+        return code or 1
+    except SignalException as exc:
+        return 128 + int(exc.sigval)
+    return 0
 
 
 __all__ = ["run_torchrun", "without_option", "under_torchrun"]

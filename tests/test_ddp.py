@@ -6,6 +6,7 @@
 """
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -108,3 +109,29 @@ def test_nproc_2_pauses_saves_and_stops_together(corpus):
     again = cli("train", "--resume", "ddp-stop", "--max-steps", str(step + 2), *TINY_FLAGS[-6:])
     assert again.returncode == 0, again.stderr[-3000:]
     assert "trained by 2 process(es) and continues with 1" in again.stderr
+
+
+def test_ctrl_c_reaches_every_rank_and_the_run_saves_once(corpus):
+    """The terminal's Ctrl+C goes to the launcher (torchrun's agent) and both workers at once; torchrun
+    passes it on again: the ranks stop together after the step, rank 0 saves, the exit code says SIGINT."""
+    run_id = "20261128-000000-ctrl"
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "gpttui", "train", "--data", str(corpus), *TINY_FLAGS, "--epochs", "100000",
+         "--eval-freq", "1000", "--save", "ddp-ctrl-c", "--nproc", "2", "--run-id", run_id],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        env=dict(os.environ, OMP_NUM_THREADS="1"))
+    run_dir = paths.runs_dir() / run_id
+    try:
+        wait_for(lambda: (run_dir / "events.jsonl").exists()
+                 and any(e.get("event") == "step" for e in read_run_events(run_dir)), "a step of the DDP run", 180)
+        os.killpg(launcher.pid, signal.SIGINT)  # what the terminal does: the whole foreground group
+        out, err = launcher.communicate(timeout=120)
+    finally:
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGKILL)
+    assert launcher.returncode == 128 + signal.SIGINT, err[-3000:]
+    assert "Traceback" not in err
+    events = read_run_events(run_dir)
+    assert [e["reason"] for e in events if e["event"] == "finished"] == ["interrupted"]
+    assert [e["name"] for e in events if e["event"] == "checkpoint"] == ["ddp-ctrl-c"]
+    assert "Finished (interrupted)" in out
