@@ -219,10 +219,9 @@ def status_text(snap) -> str:
         if snap.best_val_loss is not None:
             loss += f" · best val {snap.best_val_loss:.3f}"
         lines.append(loss)
-        lines.append(f"{human_count(last.tokens_seen)} tokens seen · {last.tokens_per_sec:,.0f} tok/s · "
-                     f"lr {last.lr:.2e} · grad norm {last.grad_norm:.2f}")
+        lines.append(throughput_line(last))
     if st is not None:
-        lines.append(f"{st.device} {st.dtype} · {human_count(st.n_params)} params · run {st.run_id}")
+        lines.append(run_line(st, last, getattr(snap, "compile_seconds", None)))
     if snap.failed is not None:
         lines.append(f"[red]✗ {escape(snap.failed.message)}[/red]")
     elif snap.finished is not None:
@@ -234,6 +233,50 @@ def status_text(snap) -> str:
         c = snap.checkpoints[-1]
         lines.append(f"saved {escape(c.name)} at step {c.step:,}")
     return "\n".join(lines)
+
+
+STATUS_WIDTH = 78  # the monitor's columns at 80 (the settings pane hidden while a run trains)
+
+
+def fit_parts(parts: list[tuple[int, str]], width: int = STATUS_WIDTH) -> str:
+    """The non-empty texts of ``parts`` ``(rank, text)``, joined with " · " in their order, leaving out
+    the highest rank (the least important) until the line fits ``width`` columns; rank 0 always stays."""
+    kept = [p for p in parts if p[1]]
+    while len(" · ".join(t for _, t in kept)) > width and any(rank for rank, _ in kept):
+        kept.remove(max(kept, key=lambda p: p[0]))
+    return " · ".join(t for _, t in kept)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def throughput_line(last) -> str:
+    """Tokens seen, tokens/s, MFU (where the device's peak is known: not on CPU), lr and gradient norm
+    on one line; where it would not fit, the tokens seen go first (ctrl+t puts them on the x axis), then
+    the gradient norm, then the lr (charted)."""
+    mfu = getattr(last, "mfu", None)
+    return fit_parts([(4, f"{human_count(last.tokens_seen)} tokens seen"), (0, f"{last.tokens_per_sec:,.0f} tok/s"),
+                      (1, f"MFU {mfu:.0%}" if _finite(mfu) else ""), (2, f"lr {last.lr:.2e}"),
+                      (3, f"grad norm {last.grad_norm:.2f}")])
+
+
+def warm_up_text(seconds: Any) -> str:
+    """A compiled run's warm-up: "compiled in 52 s", or "compiled in 2:05"; "" when not compiled."""
+    if not _finite(seconds):
+        return ""
+    return f"compiled in {seconds:.0f} s" if seconds < 99.5 else f"compiled in {format_duration(seconds)}"
+
+
+def run_line(st, last, compile_seconds: float | None = None) -> str:
+    """The run: device and dtype, peak memory (where the trainer measures it), the compile warm-up
+    (``compile_seconds``, else the step's own), the parameter count and the run's id, on one line;
+    where it would not fit, the parameter count goes first, then the warm-up (a one-off)."""
+    peak = getattr(last, "peak_memory", None)
+    warm = compile_seconds if compile_seconds is not None else getattr(last, "compile_seconds", None)
+    return fit_parts([(0, f"{st.device} {st.dtype}"),
+                      (1, f"peak mem {human_bytes(peak)}" if _finite(peak) and peak > 0 else ""),
+                      (2, warm_up_text(warm)), (3, f"{human_count(st.n_params)} params"), (0, f"run {st.run_id}")])
 
 
 def context_note(model_context: int, data_context: int, data_set_by_user: bool) -> str:
