@@ -261,11 +261,40 @@ def test_a_followed_runs_history_keeps_the_compile_warm_up():
     assert records.compile_seconds == 9.6
 
 
-async def test_the_status_width_is_the_monitors_at_80_columns():
-    """STATUS_WIDTH is what the status has at 80 columns while a run trains (the settings pane hidden)."""
+async def test_the_monitor_shows_each_status_line_whole_at_80_columns_and_more_of_it_at_120():
+    """STATUS_WIDTH is the status' width at 80 columns while a run trains (the settings pane hidden): the
+    run line shows whole there, on one row; at 120 columns the parameter count comes back. The events go
+    to the app's history as a trainer's would."""
     app = create_app(settings=SMALL)
     async with app.run_test(size=(80, 24)) as pilot:
         screen = await open_train(app, pilot)
-        await pilot.press("ctrl+b")
+        await pilot.press("ctrl+b")  # the pane hidden, as while a run trains
         await pilot.pause()
-        assert screen.query_one("#status", Static).content_region.width == STATUS_WIDTH
+        status = screen.query_one("#status", Static)
+        assert status.content_region.width == STATUS_WIDTH
+        history = app.state.session.history
+        history.feed(_started())
+        history.feed(_step(1, peak_memory=int(12.3 * GIB), mfu=0.35, compile_seconds=52.4))
+        history.feed(_step(2, peak_memory=int(12.3 * GIB), mfu=0.412))
+        await until(pilot, lambda: "MFU 41%" in _shown(status), "the status to show the steps")
+        rows = _shown(status).splitlines()
+        assert "cuda:0 bf16 · peak mem 12.3 GB · compiled in 52 s · run 20261128-191327-ab12" in rows, rows
+        await pilot.resize_terminal(120, 40)
+        await until(pilot, lambda: "124.4M params" in _shown(status), "the wider status")
+        assert any(row.strip().endswith("124.4M params · run 20261128-191327-ab12") for row in
+                   _shown(status).splitlines())
+
+
+def _shown(widget) -> str:
+    """What the terminal shows of a widget: its rows as rendered in its region."""
+    lines = widget.render_lines(widget.region.reset_offset)
+    return "\n".join("".join(seg.text for seg in strip).rstrip() for strip in lines)
+
+
+def test_a_wider_monitor_keeps_what_80_columns_leave_out():
+    history = RunHistory()
+    history.feed(_started())
+    history.feed(_step(1, peak_memory=int(12.3 * GIB), mfu=0.35, compile_seconds=52.4))
+    narrow, wide = status_text(history.snapshot()), status_text(history.snapshot(), width=118)
+    assert "124.4M params" not in narrow
+    assert "cuda:0 bf16 · peak mem 12.3 GB · compiled in 52 s · 124.4M params · run 20261128-191327-ab12" in wide

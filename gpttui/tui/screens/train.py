@@ -95,6 +95,7 @@ class TrainScreen(BookSwitch, HardwareSection, ListsCheckpoints, Screen):
     ]
     WIDE = 100  # at least this many columns: the settings pane comes back after a run (narrower, the
     # final curves and status stay in view; "ctrl+b settings" beside the buttons says how to get it)
+    _status_width: int | None = None  # the monitor's columns (_fit_controls): the status lines fit them
     SHORT_HEIGHT = 32  # below this many rows: compact buttons, two charts (loss, perplexity), short samples
 
     def compose(self) -> ComposeResult:
@@ -168,6 +169,7 @@ class TrainScreen(BookSwitch, HardwareSection, ListsCheckpoints, Screen):
         """Compact buttons where the full ones would not all fit (Save F9 clipped): a short terminal,
         or a narrow monitor beside the settings pane."""
         monitor = self.size.width - (0 if self.has_class("-form-hidden") else FORM_WIDTH) - 2
+        self._status_width, self._drawn_version = monitor, -1  # the status is redrawn to the new width
         compact = self.has_class("-short") or monitor < 4 * 11
         for button in self.query("#controls Button").results(Button):
             button.compact = compact
@@ -580,7 +582,7 @@ class TrainScreen(BookSwitch, HardwareSection, ListsCheckpoints, Screen):
         self.query_one("#chart-lr", MetricChart).set_series([("lr", sx, sv.get("lr", []))], xlabel)
         self.query_one("#chart-tps", MetricChart).set_series([("tok/s", sx, sv.get("tokens_per_sec", []))], xlabel)
         self.query_one("#progress", ProgressBar).update(total=1.0, progress=snap.progress)
-        status = status_text(with_book_tag(snap)) if snap.status != "idle" else IDLE_STATUS
+        status = status_text(with_book_tag(snap), self._status_width) if snap.status != "idle" else IDLE_STATUS
         if session is not self.app.state.session:
             status += (f"\n[dim]{escape(session.kind)} · from a terminal: "
                        f"`gpttui runs attach {escape(session.run_dir.name)}`[/dim]")
