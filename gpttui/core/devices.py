@@ -78,11 +78,16 @@ _listed: list[DeviceChoice] | None = None
 
 def list_devices(refresh: bool = False) -> list[DeviceChoice]:
     """The devices of this machine, in menu order: auto, cpu, every CUDA GPU, then mps where available.
-    Cached after the first call (``refresh`` asks torch again)."""
+    Cached after the first call (``refresh`` asks torch again). A CUDA driver that fails to answer
+    leaves the GPUs out (the CPU still trains; ``--device cuda`` then says what is wrong)."""
     global _listed
     if _listed is None or refresh:
-        cuda = _cuda_choices()
-        choices = [_auto_choice(cuda), DeviceChoice("cpu", "cpu", "cpu"), *cuda]
+        try:
+            cuda = _cuda_choices()
+            auto = _auto_choice(cuda)
+        except (RuntimeError, AssertionError):  # e.g. "CUDA driver initialization failed"
+            cuda, auto = [], _auto_choice([])
+        choices = [auto, DeviceChoice("cpu", "cpu", "cpu"), *cuda]
         if _mps_available():
             choices.append(DeviceChoice("mps", "mps", "mps"))
         _listed = choices
