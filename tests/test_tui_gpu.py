@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from textual.widgets import Checkbox, Input, Select, Static
-from textual.widgets._select import SelectOverlay
+from textual.widgets import Checkbox, Input, OptionList, Select, Static
 
 from gpttui.core.config import TrainConfig
 from gpttui.core.data import DataSettings
@@ -54,7 +53,7 @@ async def menu_entries(screen, pilot, select_id: str) -> list[str]:
     select.focus()
     await pilot.press("enter")
     await pilot.pause()
-    overlay = select.query_one(SelectOverlay)
+    overlay = select.query_one("SelectOverlay", OptionList)  # the menu the select opens
     entries = [str(overlay.get_option_at_index(i).prompt) for i in range(overlay.option_count)]
     await pilot.press("escape")
     await pilot.pause()
