@@ -128,6 +128,7 @@ class Snapshot:
     finished: FinishedEvent | None
     failed: FailedEvent | None
     best_val_loss: float | None
+    compile_seconds: float | None = None  # a compiled run's warm-up (its first step's), kept for the status
 
     @property
     def progress(self) -> float:
@@ -158,6 +159,7 @@ class RunHistory:
             self.finished: FinishedEvent | None = None
             self.failed: FailedEvent | None = None
             self.best_val_loss: float | None = None
+            self.compile_seconds: float | None = None  # from the step that carried it (the first)
             self.version = 0  # bumped on every event: readers redraw only when it changed
 
     def feed(self, event: Event) -> None:
@@ -169,6 +171,8 @@ class RunHistory:
         self.version += 1
         if isinstance(event, StepEvent):
             self.last_step = event
+            if event.compile_seconds is not None:
+                self.compile_seconds = event.compile_seconds
             self.status = "running"
             self.steps.append(event.step, event.tokens_seen, loss=event.loss, lr=event.lr,
                               tokens_per_sec=event.tokens_per_sec, grad_norm=event.grad_norm)
@@ -199,7 +203,7 @@ class RunHistory:
         with self._lock:
             return Snapshot(self.status, self.started, self.last_step, self.last_eval, self.steps.copy(),
                             self.evals.copy(), list(self.samples), list(self.checkpoints), self.finished,
-                            self.failed, self.best_val_loss)
+                            self.failed, self.best_val_loss, self.compile_seconds)
 
     @classmethod
     def from_events(cls, events: Iterable[dict[str, Any]]) -> "RunHistory":
@@ -215,12 +219,14 @@ class RunHistory:
             with self._lock:
                 _feed_chunk(self, chunk)
 
-    def feed_steps(self, rows: np.ndarray, last: StepEvent) -> None:
+    def feed_steps(self, rows: np.ndarray, last: StepEvent, first: StepEvent | None = None) -> None:
         """Append step rows read from a run's step index (:func:`gpttui.core.stepindex.plan_attach`: fields
         ``step``, ``tokens``, ``loss``, ``lr``, ``grad_norm``, ``tokens_per_sec``) in bulk, ``last`` (the
         last row's event, read from its line) becoming :attr:`last_step`: what feeding the rows' step
-        events one by one would do."""
+        events one by one would do. ``first`` (the first row's event) gives a compiled run's warm-up."""
         with self._lock:
+            if first is not None and first.compile_seconds is not None:
+                self.compile_seconds = first.compile_seconds
             ints = (self.steps.step, self.steps.tokens)
             for column, name in zip((*ints, *self.steps.columns(*STEP_VALUES)), ("step", "tokens", *STEP_VALUES)):
                 native = "=i8" if column.typecode == "q" else "=f8"
@@ -268,7 +274,7 @@ def _feed_chunk(h: RunHistory, records: list) -> None:
             keys = tuple(d)
             if keys == step_keys:
                 step_keys = keys
-                kind, step, epoch, tokens, loss, lr, gn, tps, elapsed, total, eta, _mem, _mfu, _warm = d.values()
+                kind, step, epoch, tokens, loss, lr, gn, tps, elapsed, total, eta, _mem, _mfu, warm = d.values()
                 if (kind == "step" and type(step) is int and type(epoch) is int and type(tokens) is int
                         and type(total) is int and type(loss) is float and type(lr) is float and type(gn) is float
                         and type(tps) is float and type(elapsed) is float and (eta is None or type(eta) is float)
@@ -280,6 +286,8 @@ def _feed_chunk(h: RunHistory, records: list) -> None:
                     s_tps(tps)
                     s_gn(gn)
                     last_step = d
+                    if type(warm) is float:  # a compiled run's first step
+                        h.compile_seconds = warm
                     continue
             elif keys == eval_keys:
                 eval_keys = keys

@@ -359,7 +359,7 @@ class EventFollower:
             last_step = typed_event(last[0]) if last else None
             if last_step is not None and last_step.event == "step":
                 fed = _feed_pieces(history, plan.before, len(plan.before))
-                history.feed_steps(plan.steps, last_step)
+                history.feed_steps(plan.steps, last_step, _first_step(data, plan.steps))
                 return fed + len(plan.steps) + _feed_pieces(history, plan.after, len(plan.after))
         return _feed_pieces(history, data, end)
 
@@ -399,6 +399,15 @@ def _feed_pieces(history: Any, data: bytes, end: int) -> int:
         fed += len(records)
         start = stop + 1
     return fed
+
+
+def _first_step(data: bytes, steps: Any) -> Any:
+    """The first indexed step's event, read from its line (a compiled run's warm-up is on it)."""
+    from gpttui.core.history import typed_event
+
+    start = int(steps["offset"][0])
+    records = _parse_lines(data[start:start + int(steps["length"][0])] + b"\n", int(steps["length"][0]))
+    return typed_event(records[0]) if records else None
 
 
 def _parse_lines(data: bytes, end: int) -> list[dict]:

@@ -1,9 +1,10 @@
 """The Train screen's "Book mode" switch (issue 14): the book's chapter-5 loop exactly.
 
-The book's loop has no warmup, learning-rate decay, gradient clipping or accumulation, autocast, or
-samples at each evaluation (:func:`gpttui.core.book.book_conflicts`), and ``TrainConfig.validate``
-refuses book mode with any of them. So while the switch is on, those settings show the book's values
-and are disabled; what the user had typed there is kept and comes back when the switch goes off.
+The book's loop has no warmup, learning-rate decay, gradient clipping or accumulation, autocast,
+torch.compile, or samples at each evaluation (:func:`gpttui.core.book.book_conflicts`), and
+``TrainConfig.validate`` refuses book mode with any of them; it runs in one process. So while the
+switch is on, those settings (the processes field too) show the book's values and are disabled; what
+the user had typed there is kept and comes back when the switch goes off.
 Everything else (lr, weight decay, epochs, evaluation, seed, prompt, the model's shape) stays the
 user's: book mode with other values is still the book's loop, just not the book's table.
 """
@@ -16,11 +17,13 @@ from textual.app import ComposeResult
 from textual.widgets import Checkbox, Input, Select, Static
 
 # The settings the book's loop does not have: the Input's id and the book's value ("" is off/none).
-BOOK_INPUTS = {"warmup_steps": "0", "min_lr": "", "grad_clip": "", "grad_accum": "1"}
+# The book's loop is one process: "nproc" 1 (its Changed message gives "run where" back, hardware.py).
+BOOK_INPUTS = {"warmup_steps": "0", "min_lr": "", "grad_clip": "", "grad_accum": "1", "nproc": "1"}
+BOOK_CHECKBOXES = {"sample_at_eval": False, "compile": False}
 BOOK_DTYPE = "fp32"
 BOOK_TOOLTIP = ("The book's chapter-5 loop exactly: same data order, dropout, AdamW and printout; with the "
                 "book's text and settings, the book's table. Warmup, lr decay, grad clip and accumulation, "
-                "bf16 and samples at each eval are off while it is on.")
+                "autocast, torch.compile, several processes and samples at each eval are off while it is on.")
 BOOK_HINT = "The book's loop. Its table needs the-verdict.txt and GPT-2 124M settings."
 BOOK_TAG = "book mode"  # after the run's device and dtype in the status
 
@@ -52,20 +55,24 @@ class BookSwitch:
         if on == (self._typed_before_book is not None):
             return
         inputs = {fid: self.query_one(f"#{fid}", Input) for fid in BOOK_INPUTS}
-        sample = self.query_one("#sample_at_eval", Checkbox)
+        boxes = {fid: self.query_one(f"#{fid}", Checkbox) for fid in BOOK_CHECKBOXES}
         dtype = self.query_one("#dtype", Select)
         if on:
             self._typed_before_book = {"inputs": {fid: w.value for fid, w in inputs.items()},
-                                       "sample_at_eval": sample.value, "dtype": dtype.value}
+                                       "boxes": {fid: w.value for fid, w in boxes.items()}, "dtype": dtype.value}
             for fid, widget in inputs.items():
                 widget.value = BOOK_INPUTS[fid]
-            sample.value, dtype.value = False, BOOK_DTYPE
+            for fid, box in boxes.items():
+                box.value = BOOK_CHECKBOXES[fid]
+            dtype.value = BOOK_DTYPE
         else:
             typed, self._typed_before_book = self._typed_before_book, None
             for fid, widget in inputs.items():
                 widget.value = typed["inputs"][fid]
-            sample.value, dtype.value = typed["sample_at_eval"], typed["dtype"]
-        for widget in (*inputs.values(), sample, dtype):
+            for fid, box in boxes.items():
+                box.value = typed["boxes"][fid]
+            dtype.value = typed["dtype"]
+        for widget in (*inputs.values(), *boxes.values(), dtype):
             widget.disabled = on
         self.query_one("#book-hint", Static).set_class(not on, "hidden")
 

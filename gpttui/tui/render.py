@@ -196,10 +196,11 @@ ENDINGS = {  # a FinishedEvent's reason, as the monitor says it
 }
 
 
-def status_text(snap) -> str:
+def status_text(snap, width: int | None = None) -> str:
     """The monitor's status lines (markup) for a :class:`RunHistory` snapshot. The numbers come
-    first, in lines that fit 78 columns (progress and time; losses; throughput, lr and gradient norm;
-    the run), so at 80×24 every one shows; a run that ended shows how long it took, never a stale ETA."""
+    first, in lines that fit 78 columns (progress and time; losses; throughput, MFU, lr and gradient
+    norm; the run, its peak memory and compile warm-up), so at 80×24 every one shows; a wider monitor
+    (``width``) keeps more of them. A run that ended shows how long it took, never a stale ETA."""
     st, last, ev = snap.started, snap.last_step, snap.last_eval
     colour = {"running": "green", "paused": "yellow", "failed": "red", "crashed": "red",
               "finished": "cyan", "stopped": "cyan"}.get(snap.status, "white")
@@ -219,10 +220,9 @@ def status_text(snap) -> str:
         if snap.best_val_loss is not None:
             loss += f" · best val {snap.best_val_loss:.3f}"
         lines.append(loss)
-        lines.append(f"{human_count(last.tokens_seen)} tokens seen · {last.tokens_per_sec:,.0f} tok/s · "
-                     f"lr {last.lr:.2e} · grad norm {last.grad_norm:.2f}")
+        lines.append(throughput_line(last, width))
     if st is not None:
-        lines.append(f"{st.device} {st.dtype} · {human_count(st.n_params)} params · run {st.run_id}")
+        lines.append(run_line(st, last, getattr(snap, "compile_seconds", None), width))
     if snap.failed is not None:
         lines.append(f"[red]✗ {escape(snap.failed.message)}[/red]")
     elif snap.finished is not None:
@@ -234,6 +234,52 @@ def status_text(snap) -> str:
         c = snap.checkpoints[-1]
         lines.append(f"saved {escape(c.name)} at step {c.step:,}")
     return "\n".join(lines)
+
+
+STATUS_WIDTH = 78  # the monitor's columns at 80 (the settings pane hidden while a run trains)
+
+
+def fit_parts(parts: list[tuple[int, str]], width: int | None = None) -> str:
+    """The non-empty texts of ``parts`` ``(rank, text)``, joined with " · " in their order, leaving out
+    the highest rank (the least important) until the line fits ``width`` columns (at least
+    :data:`STATUS_WIDTH`: a narrower monitor wraps anyway); rank 0 always stays."""
+    kept, width = [p for p in parts if p[1]], max(width or 0, STATUS_WIDTH)
+    while len(" · ".join(t for _, t in kept)) > width and any(rank for rank, _ in kept):
+        kept.remove(max(kept, key=lambda p: p[0]))
+    return " · ".join(t for _, t in kept)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def throughput_line(last, width: int | None = None) -> str:
+    """Tokens seen, tokens/s, MFU (where the device's peak is known: not on CPU), lr and gradient norm
+    on one line; where it would not fit, the tokens seen go first (ctrl+t puts them on the x axis), then
+    the gradient norm, then the lr (charted)."""
+    mfu = getattr(last, "mfu", None)
+    return fit_parts([(4, f"{human_count(last.tokens_seen)} tokens seen"), (0, f"{last.tokens_per_sec:,.0f} tok/s"),
+                      (1, f"MFU {mfu:.0%}" if _finite(mfu) else ""), (2, f"lr {last.lr:.2e}"),
+                      (3, f"grad norm {last.grad_norm:.2f}")], width)
+
+
+def warm_up_text(seconds: Any) -> str:
+    """A compiled run's warm-up: "compiled in 52 s", or "compiled in 2:05"; "" when not compiled."""
+    if not _finite(seconds):
+        return ""
+    return f"compiled in {seconds:.0f} s" if seconds < 99.5 else f"compiled in {format_duration(seconds)}"
+
+
+def run_line(st, last, compile_seconds: float | None = None, width: int | None = None) -> str:
+    """The run: device and dtype, peak memory (where the trainer measures it), the compile warm-up
+    (``compile_seconds``, else the step's own), the parameter count and the run's id, on one line;
+    where it would not fit, the parameter count goes first, then the warm-up (a one-off)."""
+    peak = getattr(last, "peak_memory", None)
+    warm = compile_seconds if compile_seconds is not None else getattr(last, "compile_seconds", None)
+    return fit_parts([(0, f"{st.device} {st.dtype}"),
+                      (1, f"peak mem {human_bytes(peak)}" if _finite(peak) and peak > 0 else ""),
+                      (2, warm_up_text(warm)), (3, f"{human_count(st.n_params)} params"), (0, f"run {st.run_id}")],
+                     width)
 
 
 def context_note(model_context: int, data_context: int, data_set_by_user: bool) -> str:

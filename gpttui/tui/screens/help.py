@@ -134,8 +134,16 @@ SCREEN_HELP = {
         "Runs screen (F10) is monitored and steered here the same way.\n\n"
         "Book mode (under Optimiser) runs the book's chapter-5 loop exactly: its data order, dropout, AdamW "
         "and printout, so the book's text (the-verdict.txt) with its GPT-2 124M settings prints the book's "
-        "table. Warmup, lr decay, grad clip and accumulation, bf16 and samples at each eval are off while "
-        "it is on; what you typed there comes back when you turn it off."),
+        "table. Warmup, lr decay, grad clip and accumulation, autocast, torch.compile, several processes and "
+        "samples at each eval are off while it is on; what you typed there comes back when you turn it off.\n\n"
+        "Hardware: the device (auto, cpu, each CUDA GPU with its memory, mps: only what this machine has); "
+        "the dtype: fp32, bf16 autocast, or fp16 autocast with loss scaling (GPUs without bf16, such as the "
+        "T4 and V100); torch.compile, whose first step compiles the model (about a minute on a GPU, shown "
+        "apart and kept out of tokens/s); deterministic kernels: a CPU run resumed from a checkpoint repeats "
+        "bit for bit anyway, a CUDA one only with this (and slower). Processes above 1 train with torchrun's "
+        "DDP (one process per GPU, or gloo on CPU), always in the background, as `gpttui train --nproc N`. "
+        "While a run trains, the status shows its MFU (on a GPU of known peak), its peak memory and the "
+        "compile time."),
     "GenerateScreen": (
         "Generate: talk to a checkpoint, an imported GPT-2, or the model being trained.\n\n"
         "Type a prompt and press Enter; the text streams in token by token and {key:stop} stops it. The "

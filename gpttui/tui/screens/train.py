@@ -27,11 +27,12 @@ from gpttui.core.runplan import checkpoint_data_settings, dataset_matches, plan_
 from gpttui.core.train import TrainConfig, Trainer
 from gpttui.tui.book_switch import BookSwitch, book_widgets, with_book_tag
 from gpttui.tui.dialogs import ConfirmDialog, ContinueDialog
+from gpttui.tui.hardware import HardwareSection, hardware_widgets
 from gpttui.tui.listing import ListsCheckpoints
 from gpttui.tui.messages import CheckpointsListed
 from gpttui.core.printable import split_controls
 from gpttui.tui.render import append_printable, context_note, status_text
-from gpttui.tui.state import BACKGROUND, IN_APP
+from gpttui.tui.state import BACKGROUND
 from gpttui.tui.widgets import Field, MetricChart, read_field
 
 NEW_MODEL = "__new__"
@@ -76,7 +77,7 @@ def gpt2_files_missing() -> bool:
     return not any(all((d / name).is_file() for name in tok.GPT2_FILES) for d in dirs)
 
 
-class TrainScreen(BookSwitch, ListsCheckpoints, Screen):
+class TrainScreen(BookSwitch, HardwareSection, ListsCheckpoints, Screen):
     BINDINGS = [
         # F6-F9 are written on the buttons ("Start F6"), so the footer leaves them out and keeps the app's
         # screen keys at 80 columns. check_action allows Start while no run goes on here, and Pause/Stop/Save
@@ -94,6 +95,7 @@ class TrainScreen(BookSwitch, ListsCheckpoints, Screen):
     ]
     WIDE = 100  # at least this many columns: the settings pane comes back after a run (narrower, the
     # final curves and status stay in view; "ctrl+b settings" beside the buttons says how to get it)
+    _status_width: int | None = None  # the monitor's columns (_fit_controls): the status lines fit them
     SHORT_HEIGHT = 32  # below this many rows: compact buttons, two charts (loss, perplexity), short samples
 
     def compose(self) -> ComposeResult:
@@ -124,14 +126,7 @@ class TrainScreen(BookSwitch, ListsCheckpoints, Screen):
                 yield Checkbox("sample at each eval", True, id="sample_at_eval")
                 yield Field("Save as", "", id="save_name", kind="text",
                             placeholder="text + shape, e.g. pydoc-2L128d")
-                yield Select([("device: auto", "auto"), ("cpu", "cpu"), ("cuda", "cuda"), ("mps", "mps")],
-                             value="auto", id="device", allow_blank=False)
-                yield Select([("dtype: fp32", "fp32"), ("bf16 autocast", "bf16")], value="fp32", id="dtype",
-                             allow_blank=False)
-                yield Select([(f"run {IN_APP}", IN_APP), (f"run {BACKGROUND} (survives closing the app)",
-                                                         BACKGROUND)], value=IN_APP, id="run-where",
-                             allow_blank=False, tooltip="in this app: a thread of the app; in the background: a "
-                                                        "`gpttui train` process of its own, followed here")
+                yield from hardware_widgets()  # device, dtype, compile, deterministic, processes, run where
             with Vertical(id="monitor"):
                 with Horizontal(id="controls"):
                     yield Button("Start F6", id="start", variant="success")
@@ -174,6 +169,7 @@ class TrainScreen(BookSwitch, ListsCheckpoints, Screen):
         """Compact buttons where the full ones would not all fit (Save F9 clipped): a short terminal,
         or a narrow monitor beside the settings pane."""
         monitor = self.size.width - (0 if self.has_class("-form-hidden") else FORM_WIDTH) - 2
+        self._status_width, self._drawn_version = monitor, -1  # the status is redrawn to the new width
         compact = self.has_class("-short") or monitor < 4 * 11
         for button in self.query("#controls Button").results(Button):
             button.compact = compact
@@ -231,6 +227,11 @@ class TrainScreen(BookSwitch, ListsCheckpoints, Screen):
     def _book_changed(self, event: Checkbox.Changed) -> None:
         self.set_book_mode(event.value)
 
+    @on(Input.Changed, "#nproc")
+    @on(Select.Changed, "#device")
+    def _processes_changed(self) -> None:
+        self.sync_processes()
+
     @on(Input.Changed, "#n_layers, #n_heads, #emb_dim, #model_context, #drop_rate")
     @on(Checkbox.Changed, "#qkv_bias, #tie_weights")
     def _shape_changed(self) -> None:
@@ -256,6 +257,7 @@ class TrainScreen(BookSwitch, ListsCheckpoints, Screen):
 
     def train_config(self) -> TrainConfig:
         self.set_book_mode(self.book_mode)  # the switch's Changed message may still be on its way
+        self.sync_processes()  # and so may the processes field's (book mode sets it to 1)
         values: dict = {}
         for fid, label, kind, _, _ in OPTIM_FIELDS:
             try:
@@ -265,8 +267,7 @@ class TrainScreen(BookSwitch, ListsCheckpoints, Screen):
         values["start_context"] = self.query_one("#start_context", Input).value
         values["sample_at_eval"] = self.query_one("#sample_at_eval", Checkbox).value
         values["save_name"] = self.query_one("#save_name", Input).value.strip() or None
-        values["device"] = str(self.query_one("#device", Select).value)
-        values["dtype"] = str(self.query_one("#dtype", Select).value)
+        values.update(self.hardware_values())  # device, dtype, compile, deterministic
         values["book"] = self.book_mode
         config = TrainConfig(**values)
         config.validate()
@@ -298,6 +299,7 @@ class TrainScreen(BookSwitch, ListsCheckpoints, Screen):
             return
         try:
             config = self.train_config()
+            self.processes()  # checked now; read again at launch, as "run where" is
             resume = self.query_one("#resume", Select).value
             resume = None if resume == NEW_MODEL else str(resume)
             model_config = None if resume else self.model_config()
@@ -401,8 +403,13 @@ class TrainScreen(BookSwitch, ListsCheckpoints, Screen):
             return
         if save_name is not ...:
             config = TrainConfig(**{**config.to_dict(), "save_name": save_name})
-        if self.query_one("#run-where", Select).value == BACKGROUND:
-            self._launch_background(prepared, config, model_config, resume, overwrite)
+        try:
+            nproc = self.processes()
+        except ValueError as exc:
+            self._cannot_start(str(exc))
+            return
+        if nproc > 1 or self.query_one("#run-where", Select).value == BACKGROUND:  # DDP: a process tree
+            self._launch_background(prepared, config, model_config, resume, overwrite, nproc)
             return
         session = state.session
         try:
@@ -421,13 +428,14 @@ class TrainScreen(BookSwitch, ListsCheckpoints, Screen):
         self._sync_buttons()
 
     def _launch_background(self, prepared, config: TrainConfig, model_config, resume: str | None,
-                           overwrite: bool) -> None:
-        """The planned run as a `gpttui train` process of its own (it survives the app and its terminal),
-        then followed here like a run in this app."""
+                           overwrite: bool, nproc: int = 1) -> None:
+        """The planned run as a `gpttui train` process of its own (it survives the app and its terminal;
+        ``nproc`` > 1: torchrun DDP), then followed here like a run in this app."""
         from gpttui.core.launch import launch_detached, train_argv
 
         try:
-            argv = train_argv(prepared.settings, model_config, config, resume=resume, overwrite=overwrite)
+            argv = train_argv(prepared.settings, model_config, config, resume=resume, overwrite=overwrite,
+                              nproc=nproc)
             run_id, run_dir, pid = launch_detached(argv)
         except (ValueError, OSError, GPTTUIError) as exc:
             self._cannot_start(f"Cannot start the run in the background: {exc}")
@@ -574,7 +582,7 @@ class TrainScreen(BookSwitch, ListsCheckpoints, Screen):
         self.query_one("#chart-lr", MetricChart).set_series([("lr", sx, sv.get("lr", []))], xlabel)
         self.query_one("#chart-tps", MetricChart).set_series([("tok/s", sx, sv.get("tokens_per_sec", []))], xlabel)
         self.query_one("#progress", ProgressBar).update(total=1.0, progress=snap.progress)
-        status = status_text(with_book_tag(snap)) if snap.status != "idle" else IDLE_STATUS
+        status = status_text(with_book_tag(snap), self._status_width) if snap.status != "idle" else IDLE_STATUS
         if session is not self.app.state.session:
             status += (f"\n[dim]{escape(session.kind)} · from a terminal: "
                        f"`gpttui runs attach {escape(session.run_dir.name)}`[/dim]")
