@@ -69,16 +69,16 @@ def from_env(environ: Mapping[str, str] | None = None) -> DistInfo:
 
 def rank_device(info: DistInfo, device: str) -> str:
     """The device this rank trains on: with several processes each takes the GPU of its local rank
-    (``auto`` and ``cuda``), or the CPU. One process keeps ``device`` as given."""
+    (``auto``, ``cuda`` and any ``cuda:N``: ``CUDA_VISIBLE_DEVICES`` says which GPUs), or the CPU. One
+    process keeps ``device`` as given."""
     if not info.active:
         return device
-    if device in ("auto", "cuda"):
+    if device == "auto":
         return f"cuda:{info.local_rank}" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" or device.startswith("cuda:"):  # cuda:N too: CUDA_VISIBLE_DEVICES picks the GPUs
+        return f"cuda:{info.local_rank}"
     if device == "cpu":
         return "cpu"
-    if device.startswith("cuda:"):
-        raise ConfigError(f"With several processes each takes the GPU of its local rank: use --device cuda "
-                          f"(or auto), not {device}; CUDA_VISIBLE_DEVICES picks which GPUs.")
     raise ConfigError(f"Several processes train on CUDA GPUs (NCCL) or the CPU (gloo), not on {device}.")
 
 
