@@ -9,7 +9,7 @@ import sys
 from typing import Any, Sequence
 
 from gpttui import __version__
-from gpttui.cli_output import EXIT_ERROR, EventPrinter, Out, ProgressBar
+from gpttui.cli_output import EXIT_ERROR, EventPrinter, Out, ProgressBar, print_memory_plan
 from gpttui.core.errors import GPTTUIError
 from gpttui.core.launch import OFF
 from gpttui.core.units import format_bytes as _fmt_size, format_count
@@ -177,12 +177,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         shape = _run_shape(args)
         settings = _data_settings(args, {"context_length": shape.context_length})
     config = _train_config(args, meta)
+    plan = None
     if shape is not None:  # refused with the numbers before anything is built
-        preflight_training(shape.model_config, settings.batch_size, config.device, settings.context_length)
+        plan = preflight_training(shape.model_config, settings.batch_size, config.device, settings.context_length,
+                                  dtype=config.dtype, book_math=config.book)
     tokenizer = get_tokenizer(settings.tokenizer)
     prepared = prepare_data(settings, tokenizer, progress=None)
     for w in prepared.stats.warnings:
         out(f"warning: {w}", err=True)
+    print_memory_plan(out, plan)
 
     control = TrainControl()
     caught: list[int] = []

@@ -31,6 +31,14 @@ class Out:
             self.alive = False
 
 
+def print_memory_plan(out: Out, plan) -> None:
+    """The memory plan's one line (:meth:`~gpttui.core.memory.MemoryPlan.describe`) on stderr, in every
+    mode: stdout stays the run's own lines (book mode's are the book's; --json's are its events). Nothing
+    when there is no plan (a resumed run is planned by the trainer)."""
+    if plan is not None:
+        out(plan.describe(), err=True)
+
+
 class EventPrinter:
     """Prints training events as the book's loop does (one line per evaluation), or as JSON lines."""
 

@@ -87,6 +87,17 @@ class MemoryPlan:
         more = "+" if self.max_batch >= MAX_BATCH_SEARCH else ""
         return f"batch up to {self.max_batch:,}{more} fits"
 
+    def summary(self) -> str:
+        """A short form for a narrow pane: ``Memory ≈ 1.2 GB (bf16) of 21.8 GB free on cpu; batch up to
+        120 fits`` (the parts are left to :meth:`describe`)."""
+        if self.free is None:
+            return f"Memory ≈ {format_bytes(self.total)} ({self.dtype}) on {self.device}; {self.verdict()}"
+        if self.fits is False:
+            return (f"✗ Memory ≈ {format_bytes(self.total)} ({self.dtype}), only {format_bytes(self.free)} free on "
+                    f"{self.device}: {self.verdict()}")
+        return (f"Memory ≈ {format_bytes(self.total)} ({self.dtype}) of {format_bytes(self.free)} free on "
+                f"{self.device}; {self.verdict()}")
+
     def describe(self) -> str:
         """One line: the total against the free memory, the parts, and the batch size that fits."""
         where = f"of {format_bytes(self.free)} free on {self.device}" if self.free is not None else f"on {self.device}"
