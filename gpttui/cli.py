@@ -9,7 +9,7 @@ import sys
 from typing import Any, Sequence
 
 from gpttui import __version__
-from gpttui.cli_output import EXIT_ERROR, EventPrinter, Out, ProgressBar, print_memory_plan
+from gpttui.cli_output import EXIT_ERROR, EventPrinter, Out, ProgressBar
 from gpttui.core.errors import GPTTUIError
 from gpttui.core.launch import OFF
 from gpttui.core.units import format_bytes as _fmt_size, format_count
@@ -185,7 +185,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     prepared = prepare_data(settings, tokenizer, progress=None)
     for w in prepared.stats.warnings:
         out(f"warning: {w}", err=True)
-    print_memory_plan(out, plan)
 
     control = TrainControl()
     caught: list[int] = []
@@ -204,7 +203,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             continue  # `nohup gpttui train ... &`: an ignored SIGHUP stays ignored
         signal.signal(sig, on_signal)
 
-    on_event = EventPrinter(out, as_json=args.json)
+    on_event = EventPrinter(out, as_json=args.json, memory_plan=plan)
     trainer = Trainer(prepared, tokenizer, config, shape.model_config if shape else None, callback=on_event,
                       control=control, resume=args.resume, overwrite=args.overwrite,
                       fresh_optimizer=args.fresh_optimizer, run_id=args.run_id)
