@@ -172,6 +172,11 @@ def test_oom_advice_names_the_batch_that_fits(monkeypatch):
     assert b <= fits
     half = oom_advice(cfg, 1, 128, dtype="bf16", device="cpu")  # nothing to lower but the context and shape
     assert half == "Use a shorter context (--context-length 64), or pick a smaller preset."
+    per_sequence = plan_memory(cfg, 2, device="cpu").total - plan_memory(cfg, 1, device="cpu").total
+    b, accum = _smaller_batch(64, 1, fits + 6)  # what the run still holds counts as free again
+    assert oom_advice(cfg, 64, 128, dtype="fp32", device="cpu", in_use=6 * per_sequence).startswith(
+        f"Lower the batch size to {b} (with --grad-accum {accum} ")
+    assert b > _smaller_batch(64, 1, fits)[0]
     gpu = oom_advice(GPT2, 8, 1024, dtype="fp32", device="cuda:7")  # no such device here: half the batch
     assert gpu.startswith("Lower the batch size to 4 (with --grad-accum 2 to keep 8 sequences per step), use --dtype "
                           "bf16 (or fp16 on GPUs without bf16)")

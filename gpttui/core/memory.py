@@ -245,15 +245,20 @@ def _smaller_batch(batch_size: int, grad_accum: int, target: int) -> tuple[int, 
     return target, math.ceil(sequences / target)
 
 
-def oom_advice(model_config: "GPTConfig", batch_size: int, context_length: int, *, dtype: str, device: str,
-               grad_accum: int = 1) -> str:
+def oom_advice(model_config: "GPTConfig", batch_size: int, context_length: int, *, dtype: str,
+               device: "str | torch.device", grad_accum: int = 1, in_use: int = 0) -> str:
     """What to lower after an out-of-memory error, with numbers: the batch size the plan says fits (half
     the current one when the free memory is unknown or the plan thought it fitted), with the
     ``--grad-accum`` that keeps the sequences per step; bf16/fp16 when training in fp32; a shorter context.
+    ``in_use``: bytes this run still holds on the device (e.g. ``torch.cuda.memory_allocated()`` while the
+    model and optimizer are kept to save them), counted as free since the plan counts them again.
     One sentence; never raises (it runs in an error handler)."""
     try:
-        plan: MemoryPlan | None = plan_memory(model_config, batch_size, context_length, dtype=dtype, device=device)
-    except (ConfigError, RuntimeError, ValueError):
+        name, device_type, free = _resolve(device)
+        free = None if free is None else free + max(0, in_use)
+        plan: MemoryPlan | None = plan_memory(model_config, batch_size, context_length, dtype=dtype, device=name,
+                                              device_type=device_type, free=free)
+    except Exception:  # noqa: BLE001 - advice must not replace the error it advises on
         plan = None
     options = []
     if batch_size > 1:
@@ -266,7 +271,7 @@ def oom_advice(model_config: "GPTConfig", batch_size: int, context_length: int, 
         options.append(f"lower the batch size to {b} (with --grad-accum {accum} {keep} {sequences} sequences "
                        "per step)")
     if dtype == "fp32":
-        gpu = str(device).startswith("cuda") or device == "auto"
+        gpu = str(device).startswith("cuda") or str(device) == "auto"
         options.append("use --dtype bf16" + (" (or fp16 on GPUs without bf16)" if gpu else ""))
     if context_length > 1:
         options.append(f"use a shorter context (--context-length {max(1, context_length // 2)})")
