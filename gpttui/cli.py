@@ -196,8 +196,10 @@ def _train(args: argparse.Namespace, dist) -> int:
         shape = _run_shape(args)
         settings = _data_settings(args, {"context_length": shape.context_length})
     config = _train_config(args, meta)
+    plan = None
     if shape is not None:  # refused with the numbers before anything is built
-        preflight_training(shape.model_config, settings.batch_size, config.device, settings.context_length)
+        plan = preflight_training(shape.model_config, settings.batch_size, config.device, settings.context_length,
+                                  dtype=config.dtype, book_math=config.book)
     tokenizer = get_tokenizer(settings.tokenizer)
     distributed.start(dist, config.device)
     if not dist.main:  # rank 0 tokenizes first; the others then read its cache
@@ -227,7 +229,7 @@ def _train(args: argparse.Namespace, dist) -> int:
             continue  # `nohup gpttui train ... &`: an ignored SIGHUP stays ignored
         signal.signal(sig, on_signal)
 
-    on_event = EventPrinter(out, as_json=args.json) if dist.main else None
+    on_event = EventPrinter(out, as_json=args.json, memory_plan=plan) if dist.main else None
     trainer = Trainer(prepared, tokenizer, config, shape.model_config if shape else None, callback=on_event,
                       control=control, resume=args.resume, overwrite=args.overwrite,
                       fresh_optimizer=args.fresh_optimizer, run_id=args.run_id, dist=dist)

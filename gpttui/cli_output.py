@@ -43,11 +43,13 @@ def _speed(step) -> str:
 
 
 class EventPrinter:
-    """Prints training events as the book's loop does (one line per evaluation), or as JSON lines."""
+    """Prints training events as the book's loop does (one line per evaluation), or as JSON lines.
+    ``memory_plan`` (the preflight's :class:`~gpttui.core.memory.MemoryPlan`) is printed when the run starts."""
 
-    def __init__(self, out: Out, as_json: bool) -> None:
+    def __init__(self, out: Out, as_json: bool, memory_plan=None) -> None:
         self.out = out
         self.as_json = as_json
+        self.memory_plan = memory_plan
         self.last_step = None
         self.book = False  # book mode: the book's lines exactly, nothing appended
         self.book_check = None  # the book's own run: each evaluation compared with its printed table
@@ -56,6 +58,8 @@ class EventPrinter:
         from gpttui.core import events as ev
 
         out = self.out
+        if isinstance(event, ev.Started):
+            self._print_memory_plan()
         if self.as_json:
             out(json.dumps(ev.event_record(event)))
         elif isinstance(event, ev.Started):
@@ -95,6 +99,14 @@ class EventPrinter:
         elif isinstance(event, ev.FailedEvent):
             last = f" Last checkpoint: {event.last_checkpoint}." if event.last_checkpoint else ""
             out(f"error: {event.message}{last}", err=True)
+
+    def _print_memory_plan(self) -> None:
+        """The plan's one line on stderr, in every mode: stdout stays the run's own lines (book mode's are the
+        book's; --json's are its events). Printed as the run starts, so an error before it stays one line; once
+        (a resumed run has no plan here: the trainer makes its own)."""
+        if self.memory_plan is not None:
+            self.out(self.memory_plan.describe(), err=True)
+            self.memory_plan = None
 
     def _start_book(self, event) -> None:
         """Book mode prints the book's lines; on the book's own run it also checks them against the book."""

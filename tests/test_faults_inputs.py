@@ -233,15 +233,17 @@ def test_preflight_refuses_a_context_that_cannot_fit_memory():
     with pytest.raises(ConfigError) as err:
         resources.preflight_training(cfg, 2, "cpu")
     msg = str(err.value)
-    assert msg.startswith("Training 13.2M parameters with batch 2 x context 100,000 needs about ")
-    assert msg.endswith("is free; lower the batch size or the context length, or pick a smaller preset.")
+    assert msg.startswith("Training 13.2M parameters with batch 2 x context 100,000 in fp32 needs about ")
+    assert "(weights " in msg and "activations " in msg
+    assert msg.endswith("is free: even batch 1 does not fit; lower --context-length, use --dtype bf16, or pick a "
+                        "smaller preset.")
 
 
 def test_preflight_checks_the_data_context_against_the_model():
     cfg = preset("tiny", vocab_size=257)  # 128 positions
     with pytest.raises(ConfigError, match=r"data's context length \(256\) exceeds the model's \(128 positions\)"):
         resources.preflight_training(cfg, 2, "cpu", context_length=256)
-    assert resources.preflight_training(cfg, 2, "cpu", context_length=64) < training_memory_estimate(cfg, 2)
+    assert resources.preflight_training(cfg, 2, "cpu", context_length=64).total < training_memory_estimate(cfg, 2)
     with pytest.raises(ConfigError, match="Batch size must be a whole number >= 1"):
         resources.preflight_training(cfg, 0, "cpu")
 
@@ -249,9 +251,10 @@ def test_preflight_checks_the_data_context_against_the_model():
 def test_cli_train_refuses_what_does_not_fit_before_building(capsys, monkeypatch):
     monkeypatch.setenv(resources.MEMORY_ENV, "100K")
     err = _cli_error(capsys, TINY_TRAIN)
-    assert re.match(r"error: Training [\d.]+K parameters with batch 2 x context 32 needs about [\d.]+ KB", err)
-    assert err.endswith(" of RAM, but only 100.0 KB is free (GPTTUI_MAX_MEMORY is set); lower the batch size or "
-                        "the context length, or pick a smaller preset.")
+    assert re.match(r"error: Training [\d.]+K parameters with batch 2 x context 32 in fp32 needs about [\d.]+ "
+                    r"[KM]B of RAM \(weights ", err)
+    assert err.endswith(" but only 100.0 KB is free (GPTTUI_MAX_MEMORY is set): even batch 1 does not fit; lower "
+                        "--context-length, use --dtype bf16, or pick a smaller preset.")
     assert not checkpoints.list_checkpoints()
 
 

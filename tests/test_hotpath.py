@@ -87,7 +87,7 @@ def test_out_of_memory_saves_the_last_steps_weights_and_says_what_to_lower(tmp_p
     assert "Traceback" not in failed.stderr
     assert "Out of memory on cpu at step 3 (batch 256 x context 128, fp32)" in failed.stderr
     assert "The weights of step 2 were saved as 'big'." in failed.stderr
-    assert "To fit:" in failed.stderr and "batch size" in failed.stderr
+    assert "Lower the batch size to " in failed.stderr and "--grad-accum" in failed.stderr
     after = default_store().load("big")
     assert after.typed.step == 2
     for key, value in after.model.state_dict().items():

@@ -134,6 +134,7 @@ def world():
 def home(world, gpttui_home, monkeypatch):
     """Each test in the pinned home, with no remembered dataset or recent list from the one before."""
     monkeypatch.setenv("GPTTUI_HOME", str(world))
+    monkeypatch.setenv("GPTTUI_MAX_MEMORY", "4G")  # the Train screen's memory line shows the free memory
     shutil.rmtree(paths.config_dir(), ignore_errors=True)
     return world
 

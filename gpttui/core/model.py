@@ -266,13 +266,13 @@ def parameter_count(cfg: GPTConfig) -> int:
     return v * e + cfg.context_length * e + cfg.n_layers * per_layer + 2 * e + head
 
 
-def training_memory_estimate(cfg: GPTConfig, batch_size: int, bytes_per_param: int = 4) -> int:
-    """Rough bytes to train with AdamW: weights, grads, two moments, plus activations."""
-    params = parameter_count(cfg)
-    t, e, h = cfg.context_length, cfg.emb_dim, cfg.n_heads
-    per_layer_act = batch_size * t * (34 * e + 5 * h * t) * bytes_per_param // 2
-    logits = 3 * batch_size * t * cfg.vocab_size * 4
-    return params * 16 + cfg.n_layers * per_layer_act + logits
+def training_memory_estimate(cfg: GPTConfig, batch_size: int, dtype: str = "fp32", device_type: str = "cpu") -> int:
+    """Bytes to train ``cfg`` with AdamW on batches of ``batch_size`` x its context: the total of
+    :func:`gpttui.core.memory.plan_memory` (weights, gradients, moments, activations, logits, overhead)
+    for a device of type ``device_type`` (cpu, cuda, mps; nothing is looked up)."""
+    from gpttui.core.memory import plan_memory
+
+    return plan_memory(cfg, batch_size, dtype=dtype, device=device_type, device_type=device_type).total
 
 
 def generation_memory_estimate(cfg: GPTConfig, rows: int = 1, bytes_per_value: int = 4) -> int:

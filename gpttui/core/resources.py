@@ -8,7 +8,8 @@
   working set minus what the driver holds. ``GPTTUI_MAX_MEMORY`` (e.g. ``8G``) caps the figure, for a
   machine shared with others.
 - :func:`check_fits`: ConfigError when a job needs more than that.
-- :func:`preflight_training`: the checks to make before a model is built for training.
+- :func:`preflight_training`: the checks to make before a model is built for training (the memory
+  plan of :mod:`gpttui.core.memory` against the free memory).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from gpttui.core.units import format_bytes, format_count
 
 if TYPE_CHECKING:
     from gpttui.core.config import GPTConfig
+    from gpttui.core.memory import MemoryPlan
 
 MEMORY_ENV = "GPTTUI_MAX_MEMORY"
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -171,12 +173,16 @@ def check_fits(needed_bytes: int, device: torch.device | str, what: str, hint: s
 
 
 def preflight_training(model_config: "GPTConfig", batch_size: int, device: torch.device | str = "auto",
-                       context_length: int | None = None) -> int:
+                       context_length: int | None = None, dtype: str = "fp32",
+                       book_math: bool = False) -> "MemoryPlan":
     """The checks to make before a model is built for training: the data's ``context_length`` (the
-    model's when None) fits the model's position table, and the training memory estimate (weights,
-    gradients, AdamW moments, activations of a ``batch_size`` x context batch) fits the free memory
-    of ``device``. Returns the estimate in bytes; raises :class:`ConfigError`."""
-    from gpttui.core.model import parameter_count, training_memory_estimate
+    model's when None) fits the model's position table, and the training memory (weights, gradients,
+    AdamW moments, activations and logits of a ``batch_size`` x context batch in ``dtype``, see
+    :mod:`gpttui.core.memory`) fits the free memory of ``device``. Returns the
+    :class:`~gpttui.core.memory.MemoryPlan`; raises :class:`ConfigError` with its numbers and the batch
+    size that fits."""
+    from gpttui.core.memory import plan_memory
+    from gpttui.core.model import parameter_count
 
     model_ctx = model_config.context_length
     ctx = model_ctx if context_length is None else context_length
@@ -187,13 +193,18 @@ def preflight_training(model_config: "GPTConfig", batch_size: int, device: torch
     if ctx > model_ctx:
         raise ConfigError(f"The data's context length ({ctx:,}) exceeds the model's ({model_ctx:,} positions); "
                           "lower the context length.")
-    shape = model_config if ctx == model_ctx else model_config.replace(context_length=ctx)
-    needed = training_memory_estimate(shape, batch_size) + (model_ctx - ctx) * model_config.emb_dim * 16
-    params = parameter_count(model_config)
-    check_fits(needed, device,
-               f"Training {format_count(params)} parameters with batch {batch_size} x context {ctx:,}",
-               "lower the batch size or the context length, or pick a smaller preset")
-    return needed
+    dev = _device(device)
+    plan = plan_memory(model_config, batch_size, ctx, dtype=dtype, device=dev, book_math=book_math)
+    if plan.fits is False:
+        capped = f" ({MEMORY_ENV} is set)" if os.environ.get(MEMORY_ENV, "").strip() else ""
+        lower = "lower --batch-size or --context-length" if plan.max_batch else "lower --context-length"
+        dtype_hint = ", use --dtype bf16" if dtype == "fp32" else ""
+        raise ConfigError(
+            f"Training {format_count(parameter_count(model_config))} parameters with batch {batch_size} x context "
+            f"{ctx:,} in {dtype} needs about {format_bytes(plan.total)} of {_where(dev)} ({plan.parts()}), but only "
+            f"{format_bytes(plan.free or 0)} is free{capped}: {plan.verdict()}; {lower}{dtype_hint}, or pick a "
+            "smaller preset.")
+    return plan
 
 
 __all__ = ["MEMORY_ENV", "parse_size", "available_memory", "check_fits", "preflight_training"]

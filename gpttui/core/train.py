@@ -193,7 +193,8 @@ class Trainer(Evaluating, Saving):
             if self.model_config.vocab_size != vocab:
                 self.model_config = self.model_config.replace(vocab_size=vocab)
         # Sizes and the save name are checked before the model (and AdamW) take memory.
-        preflight_training(self.model_config, self.data.settings.batch_size, device, self.data.settings.context_length)
+        preflight_training(self.model_config, self.data.settings.batch_size, device, self.data.settings.context_length,
+                           dtype=self.dtype, book_math=self.book_parts.math)
         if self.dist.main:  # rank 0 alone saves
             self._reserve_save_name()
         if not self.resume:

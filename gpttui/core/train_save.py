@@ -114,16 +114,14 @@ class Saving:
             last = self._last_good()
             saved = f" {last[:1].upper()}{last[1:]}."
         settings = self.data.settings
-        try:
-            from gpttui.core.memory import oom_advice
+        from gpttui.core.memory import oom_advice
 
-            advice = oom_advice(self.model_config, settings.batch_size, settings.context_length, dtype=self.dtype,
-                                device=device, grad_accum=self.config.grad_accum)
-        except Exception:  # the advice must never hide the failure
-            advice = ("lower the batch size or context length, use a smaller model, or use --dtype bf16 / "
-                      "gradient accumulation")
+        # What the run still holds (model, AdamW) counts as free: the plan counts it again.
+        in_use = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+        advice = oom_advice(self.model_config, settings.batch_size, settings.context_length, dtype=self.dtype,
+                            device=device, grad_accum=self.config.grad_accum, in_use=in_use)
         return FailedEvent(f"Out of memory on {device} at step {self.pos.step + 1} (batch {settings.batch_size} x "
-                           f"context {settings.context_length}, {self.dtype}).{saved} To fit: {advice}.",
+                           f"context {settings.context_length}, {self.dtype}).{saved} {advice}",
                            self.pos.step, self.last_checkpoint)
 
     def _cancel_snapshots(self) -> None:

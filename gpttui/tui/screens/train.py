@@ -17,10 +17,10 @@ from textual.widgets import Button, Checkbox, Footer, Header, Input, Label, Prog
 
 from gpttui.core.config import CPU_SHAPES, GPT2_SHAPES, PRESETS, GPTConfig, preset
 from gpttui.core.errors import GPTTUIError
-from gpttui.core.model import parameter_count, training_memory_estimate
+from gpttui.core.model import parameter_count
 from gpttui.core.tokenizer import get_tokenizer
 from gpttui.core.data import PreparedData, prepare_data
-from gpttui.core.units import format_bytes as _fmt_bytes, format_count
+from gpttui.core.units import format_count
 from gpttui.core.store import default_store
 from gpttui.core.smooth import DEFAULT_EMA_WEIGHT
 from gpttui.core.runplan import checkpoint_data_settings, dataset_matches, plan_save, prepare_checkpoint_data
@@ -29,6 +29,7 @@ from gpttui.tui.book_switch import BookSwitch, book_widgets, with_book_tag
 from gpttui.tui.dialogs import ConfirmDialog, ContinueDialog
 from gpttui.tui.hardware import HardwareSection, hardware_widgets
 from gpttui.tui.listing import ListsCheckpoints
+from gpttui.tui.memory_info import ShowsMemoryPlan
 from gpttui.tui.messages import CheckpointsListed
 from gpttui.core.printable import split_controls
 from gpttui.tui.render import append_printable, context_note, status_text
@@ -77,7 +78,7 @@ def gpt2_files_missing() -> bool:
     return not any(all((d / name).is_file() for name in tok.GPT2_FILES) for d in dirs)
 
 
-class TrainScreen(BookSwitch, HardwareSection, ListsCheckpoints, Screen):
+class TrainScreen(BookSwitch, HardwareSection, ListsCheckpoints, ShowsMemoryPlan, Screen):
     BINDINGS = [
         # F6-F9 are written on the buttons ("Start F6"), so the footer leaves them out and keeps the app's
         # screen keys at 80 columns. check_action allows Start while no run goes on here, and Pause/Stop/Save
@@ -117,6 +118,7 @@ class TrainScreen(BookSwitch, HardwareSection, ListsCheckpoints, Screen):
                 yield Checkbox("qkv bias", False, id="qkv_bias")
                 yield Checkbox("tie embeddings", True, id="tie_weights")
                 yield Static("", id="model-info")
+                yield Static("", id="memory-info")
                 yield Label("Optimiser", classes="section")
                 yield from book_widgets()
                 for fid, label, kind, minimum, tip in OPTIM_FIELDS:
@@ -226,6 +228,11 @@ class TrainScreen(BookSwitch, HardwareSection, ListsCheckpoints, Screen):
     @on(Checkbox.Changed, "#book")
     def _book_changed(self, event: Checkbox.Changed) -> None:
         self.set_book_mode(event.value)
+        self._update_memory_info()
+
+    @on(Select.Changed, "#device, #dtype")
+    def _device_changed(self) -> None:
+        self._update_memory_info()
 
     @on(Input.Changed, "#nproc")
     @on(Select.Changed, "#device")
@@ -275,6 +282,7 @@ class TrainScreen(BookSwitch, HardwareSection, ListsCheckpoints, Screen):
 
     def _update_model_info(self) -> None:
         info = self.query_one("#model-info", Static)
+        self._update_memory_info()
         if self.query_one("#resume", Select).value != NEW_MODEL:
             info.update("Shape from the checkpoint; training continues with its optimizer state.")
             return
@@ -284,11 +292,21 @@ class TrainScreen(BookSwitch, HardwareSection, ListsCheckpoints, Screen):
             info.update(Text(f"✗ {exc}", style="red"))
             return
         n = parameter_count(cfg)
-        mem = training_memory_estimate(cfg, self.app.state.settings.batch_size)
         state = self.app.state
         note = context_note(cfg.context_length, state.settings.context_length, state.data_context_set)
-        info.update(f"{format_count(n)} parameters · ≈ {_fmt_bytes(mem)} to train (weights, AdamW, "
-                    f"activations)\n{note}")
+        info.update(f"{format_count(n)} parameters\n{note}")
+
+    def _update_memory_info(self) -> None:
+        """The memory line for the form's shape (none for a checkpoint's: planned when the run starts), with the
+        Dataset screen's batch and its context when set there, in the chosen dtype on the chosen device."""
+        try:
+            cfg = self.model_config() if self.query_one("#resume", Select).value == NEW_MODEL else None
+        except (ValueError, GPTTUIError):  # #model-info says what is wrong with the shape
+            cfg = None
+        state = self.app.state
+        self.show_memory_plan(cfg, state.settings.batch_size, state.settings.context_length if state.data_context_set
+                              else None, str(self.query_one("#dtype", Select).value),
+                              str(self.query_one("#device", Select).value), self.book_mode)
 
     # -- actions
     @on(Button.Pressed, "#start")
