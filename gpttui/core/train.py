@@ -135,6 +135,7 @@ class Trainer(Evaluating, Saving):
         self.run_id = run_id or new_run_id()
         self.dist = dist  # this process's rank among torchrun's (gpttui.core.distributed); rank 0 writes
         self.device: torch.device | None = None
+        self.dtype = config.dtype  # what it really trains in: _set_precision decides (bf16 may become fp16)
         self.scaler: torch.amp.GradScaler | None = None  # fp16's loss scaling
         self._pos_before_step: Position | None = None  # where a step that fails half-way started
         self._in_update = False  # inside optimizer.step(): the weights may be half-updated
