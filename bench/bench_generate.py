@@ -48,12 +48,13 @@ CFG = GPTConfig(vocab_size=50257, context_length=1024, emb_dim=768, n_heads=12, 
                 drop_rate=0.0)
 
 
-def hf_model(model: GPTModel | None):
-    """transformers' GPT-2 of the same shape; with ``model``, holding its weights (untied head)."""
+def hf_model(model: GPTModel | None, cfg: GPTConfig = CFG):
+    """transformers' GPT-2 of shape ``cfg``; with ``model``, holding its exact weights (untied head, qkv
+    bias). bench/gpu_check.py uses it too."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    hc = GPT2Config(vocab_size=CFG.vocab_size, n_positions=CFG.context_length, n_embd=CFG.emb_dim,
-                    n_layer=CFG.n_layers, n_head=CFG.n_heads, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+    hc = GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.context_length, n_embd=cfg.emb_dim,
+                    n_layer=cfg.n_layers, n_head=cfg.n_heads, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
                     bos_token_id=None, eos_token_id=None, tie_word_embeddings=model is None)
     hf = GPT2LMHeadModel(hc).eval()
     if model is None:

@@ -158,28 +158,11 @@ def summarise(part: str, setting: str, events: list[dict], err: str, shape: Shap
 
 
 def hf_twin(model, cfg: GPTConfig):
-    """transformers' GPT2LMHeadModel holding ``model``'s exact weights (untied head, qkv bias)."""
-    from transformers import GPT2Config, GPT2LMHeadModel
+    """transformers' GPT2LMHeadModel holding ``model``'s exact weights (bench_generate's mapping)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_generate import hf_model
 
-    hc = GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.context_length, n_embd=cfg.emb_dim,
-                    n_layer=cfg.n_layers, n_head=cfg.n_heads, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                    bos_token_id=None, eos_token_id=None, tie_word_embeddings=False)
-    hf = GPT2LMHeadModel(hc).eval()
-    sd = {"transformer.wte.weight": model.tok_emb.weight, "transformer.wpe.weight": model.pos_emb.weight,
-          "transformer.ln_f.weight": model.final_norm.scale, "transformer.ln_f.bias": model.final_norm.shift,
-          "lm_head.weight": model.out_head.weight}
-    for i, b in enumerate(model.trf_blocks):
-        p, a = f"transformer.h.{i}.", b.att
-        sd[p + "ln_1.weight"], sd[p + "ln_1.bias"] = b.norm1.scale, b.norm1.shift
-        sd[p + "ln_2.weight"], sd[p + "ln_2.bias"] = b.norm2.scale, b.norm2.shift
-        sd[p + "attn.c_attn.weight"] = torch.cat([a.W_query.weight.T, a.W_key.weight.T, a.W_value.weight.T], dim=1)
-        sd[p + "attn.c_attn.bias"] = torch.cat([a.W_query.bias, a.W_key.bias, a.W_value.bias])
-        sd[p + "attn.c_proj.weight"], sd[p + "attn.c_proj.bias"] = a.out_proj.weight.T, a.out_proj.bias
-        sd[p + "mlp.c_fc.weight"], sd[p + "mlp.c_fc.bias"] = b.ff.layers[0].weight.T, b.ff.layers[0].bias
-        sd[p + "mlp.c_proj.weight"], sd[p + "mlp.c_proj.bias"] = b.ff.layers[2].weight.T, b.ff.layers[2].bias
-    missing, unexpected = hf.load_state_dict({k: v.detach().contiguous() for k, v in sd.items()}, strict=False)
-    assert not unexpected and all(k.endswith(("attn.bias", "masked_bias")) for k in missing), (missing, unexpected)
-    return hf
+    return hf_model(model, cfg)
 
 
 def _timed(fn, device: torch.device) -> tuple[float, torch.Tensor]:

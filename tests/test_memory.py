@@ -19,17 +19,7 @@ from gpttui.core.model import parameter_count, training_memory_estimate
 
 GPT2 = preset("gpt2-small", context_length=1024)  # dropout 0.1, as the book trains it
 GIB = 1 << 30
-TINY_TRAIN = ["train", "--data", "builtin:pydoc-20k", "--tokenizer", "bytes", "--preset", "tiny", "--n-layers", "1",
-              "--emb-dim", "32", "--context-length", "32", "--max-steps", "1", "--device", "cpu"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The CLI runs here train a one-layer model: one thread is fastest and leaves the other core alone."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from test_faults_inputs import TINY_TRAIN, one_thread  # noqa: F401,E402  (one_thread: an autouse fixture)
 
 
 def cuda_plan(cfg=GPT2, batch=8, dtype="fp32", free=80 * GIB, **kw):

@@ -15,7 +15,6 @@ import torch
 from textual.widgets import Checkbox, Input, OptionList, Select, Static
 
 from gpttui.core.config import TrainConfig
-from gpttui.core.data import DataSettings
 from gpttui.core.devices import check_processes, list_devices, max_processes
 from gpttui.core.errors import ConfigError
 from gpttui.core.events import RunLog, Started, StepEvent
@@ -26,20 +25,13 @@ from gpttui.tui.app import create_app
 from gpttui.tui.render import STATUS_WIDTH, status_text
 from gpttui.tui.state import BACKGROUND, IN_APP, FollowedRun
 from test_runs import pids  # noqa: F401  (a fixture)
-from tui_helpers import until, wait_workers
+from test_tui_book import SMALL, open_train
+from tui_helpers import until
 
-SMALL = DataSettings(source="builtin:pydoc", tokenizer="bytes", context_length=32, batch_size=4)
 TINY = {"n_layers": "1", "n_heads": "2", "emb_dim": "32", "model_context": "32", "eval_freq": "1",
         "eval_iter": "1", "max_steps": "100000"}
 GIB = 1 << 30
 
-
-async def open_train(app, pilot):
-    await pilot.pause()
-    await wait_workers(app, ("dataset",))
-    await pilot.press("f3")
-    await pilot.pause()
-    return app.screen
 
 
 def fill(screen, values: dict) -> None:
