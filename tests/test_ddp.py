@@ -135,3 +135,14 @@ def test_ctrl_c_reaches_every_rank_and_the_run_saves_once(corpus):
     assert [e["reason"] for e in events if e["event"] == "finished"] == ["interrupted"]
     assert [e["name"] for e in events if e["event"] == "checkpoint"] == ["ddp-ctrl-c"]
     assert "Finished (interrupted)" in out
+
+
+def test_a_non_finite_loss_fails_every_rank_at_the_same_step(corpus):
+    """The loss each rank reads is the all-reduced one, so both see it non-finite at the same step and
+    fail there together (none waits in a collective); the launcher says it once and exits 1."""
+    done = cli("train", "--data", str(corpus), *TINY_FLAGS, "--max-steps", "50", "--eval-freq", "1000",
+               "--lr", "1e9", "--save", "ddp-nan", "--nproc", "2", timeout=180)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert done.stderr.count("error: The loss became ") == 1, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr and "ChildFailedError" not in done.stderr
+    assert not default_store().exists("ddp-nan")  # nothing non-finite was saved
