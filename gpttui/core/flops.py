@@ -122,13 +122,11 @@ _mps_peak: dict[str, int] = {}  # MPS has no peak counter: the largest figure se
 def _cpu_peak_rss() -> int | None:
     """The process's peak resident memory in bytes: Linux's ``VmHWM`` (which :func:`reset_peak_memory`
     can reset), else ``getrusage``'s ``ru_maxrss`` (KiB on Linux, bytes on macOS); None on Windows."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
+    from gpttui.core.resources import proc_kib
+
+    peak = proc_kib("/proc/self/status", "VmHWM")
+    if peak is not None:
+        return peak
     try:
         import resource
     except ImportError:  # Windows

@@ -40,15 +40,21 @@ def parse_size(text: str) -> int:
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 
-def _meminfo_available() -> int | None:
+def proc_kib(path: str, key: str) -> int | None:
+    """Bytes in a ``key: N kB`` line of a Linux /proc file (``/proc/meminfo``, ``/proc/self/status``);
+    None when there is no such file or line."""
     try:
-        with open("/proc/meminfo", encoding="ascii") as f:
+        with open(path, encoding="ascii") as f:
             for line in f:
-                if line.startswith("MemAvailable:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+def _meminfo_available() -> int | None:
+    return proc_kib("/proc/meminfo", "MemAvailable")
 
 
 def _read_int(path: Path) -> int | None:
