@@ -39,7 +39,7 @@ def run_torchrun(args: argparse.Namespace, out: Out) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
-    from gpttui.core.distributed import torchrun_command
+    from gpttui.core.distributed import torchrun_args
     from gpttui.core.events import new_run_id
 
     argv = without_option(list(args.argv or []), "--nproc")
@@ -52,9 +52,8 @@ def run_torchrun(args: argparse.Namespace, out: Out) -> int:
     for name in list(logging.root.manager.loggerDict):  # the workers speak for themselves
         if name.startswith("torch.distributed"):
             logging.getLogger(name).setLevel(logging.CRITICAL)
-    command = torchrun_command(args.nproc, argv)
     try:
-        run(parse_args(command[3:]))  # after "python -m torch.distributed.run"
+        run(parse_args(torchrun_args(args.nproc, argv)))
     except ChildFailedError as exc:
         rank, failure = exc.get_first_failure()
         code = failure.exitcode

@@ -1,7 +1,7 @@
 """Training with several processes: torchrun's DDP, on the engine as it is.
 
-``gpttui train --nproc N ...`` starts ``python -m torch.distributed.run --standalone --nproc-per-node N -m
-gpttui train ...`` (:func:`torchrun_command`); ``torchrun -m gpttui train ...`` with torchrun's own rendezvous
+``gpttui train --nproc N ...`` runs torchrun's agent in-process, as ``torchrun --standalone --nproc-per-node N -m
+gpttui train ...`` (:func:`torchrun_args`); ``torchrun -m gpttui train ...`` with torchrun's own rendezvous
 flags does the same across machines. Each process finds its place in the environment torchrun sets
 (:func:`from_env`), joins the process group (:func:`start`: NCCL between GPUs, gloo on the CPU) and trains
 its share of every global batch (``BatchLoader.epoch(..., rank, world)``); DDP averages the gradients.
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Mapping
@@ -128,8 +127,8 @@ def agree(values: torch.Tensor, info: DistInfo) -> list[float]:
 
 
 def host_values(values: list[float], device: torch.device) -> torch.Tensor:
-    """Host numbers as a float64 tensor on ``device`` without waiting for the device (pinned copy)."""
-    t = torch.tensor(values, dtype=torch.float64)
+    """Host numbers (flags) as a float32 tensor on ``device`` without waiting for the device (pinned copy)."""
+    t = torch.tensor(values, dtype=torch.float32)
     if device.type == "cuda":
         return t.pin_memory().to(device, non_blocking=True)
     return t.to(device)
@@ -157,12 +156,11 @@ def grad_sync(model: torch.nn.Module, sync: bool):
     return model.no_sync()
 
 
-def torchrun_command(nproc: int, argv: list[str]) -> list[str]:
-    """The command that runs ``gpttui <argv>`` as ``nproc`` processes on this machine (torchrun,
-    standalone rendezvous on a free local port)."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-            "-m", "gpttui", *argv]
+def torchrun_args(nproc: int, argv: list[str]) -> list[str]:
+    """torchrun's arguments that run ``gpttui <argv>`` as ``nproc`` processes on this machine (standalone
+    rendezvous on a free local port)."""
+    return ["--standalone", f"--nproc-per-node={nproc}", "-m", "gpttui", *argv]
 
 
 __all__ = ["DistInfo", "SINGLE", "from_env", "rank_device", "start", "finish", "barrier", "agree", "host_values",
-           "wrap", "grad_sync", "torchrun_command", "COLLECTIVE_TIMEOUT"]
+           "wrap", "grad_sync", "torchrun_args", "COLLECTIVE_TIMEOUT"]

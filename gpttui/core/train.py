@@ -79,6 +79,8 @@ class _Loop:
     start_time: float
     step_start: float
     first_step: bool = True  # the next step is this run's first (with compile: its warm-up)
+    flops_per_token: float = 0.0  # for MFU, computed once
+    peak_flops: float | None = None  # all processes' devices together; None: no MFU
     tps_ema: float | None = None
     step_times: list[float] = field(default_factory=list)
     epoch_ended: bool = False  # the step just done finished an epoch
@@ -430,8 +432,13 @@ class Trainer(Evaluating, Saving):
         # One batch ahead on the device; not in the book's data order, whose DataLoader draws from the
         # global RNG when an epoch begins (drawn early, it would move every dropout mask after it).
         batches = self._batches() if self.book_parts.data_order else prefetch(self._batches(), device)
-        return _Loop(train_model, total_steps, tokens_per_step, self._batches_per_epoch(), batches, start_time,
+        loop = _Loop(train_model, total_steps, tokens_per_step, self._batches_per_epoch(), batches, start_time,
                      time.perf_counter())
+        # MFU's two constants: the model's FLOPs per token, and the peak of every process's device
+        loop.flops_per_token = flops.flops_per_token(self.model_config, self.data.settings.context_length)
+        peak = flops.peak_flops(device, self.dtype, cfg.peak_tflops)
+        loop.peak_flops = peak * self.dist.world if peak else None
+        return loop
 
     def _decide(self, device: torch.device, take_save: bool) -> Decisions:
         """The control's standing requests (and the other processes' commands in runs/<id>/commands/);
@@ -517,7 +524,7 @@ class Trainer(Evaluating, Saving):
             return loss_value, norm_value, None
         if self._inbox is not None:
             self._inbox.poll()
-        flags = host_values(self.control.decide(take_save=True).flags(), device).float()
+        flags = host_values(self.control.decide(take_save=True).flags(), device)
         sums = agree(torch.cat([values, flags]), self.dist)
         world = self.dist.world
         return sums[0] / world, sums[1] / world, Decisions.from_sums(sums[2:])
@@ -567,16 +574,10 @@ class Trainer(Evaluating, Saving):
         recent = loop.step_times[-50:] or [dt]
         eta = (sum(recent) / len(recent)) * (loop.total_steps - self.pos.step)
         shown_tps = loop.tps_ema if loop.tps_ema is not None else tps
-        peak_memory, mfu = self._meters(device, shown_tps)
+        peak_memory = flops.peak_memory(device)  # allocator counters (CPU: peak RSS): no device sync
+        mfu = flops.mfu(loop.flops_per_token, shown_tps, loop.peak_flops)
         self._emit(StepEvent(self.pos.step, step.epoch + 1, self.pos.tokens_seen, step.loss, step.lr, step.grad_norm,
                              shown_tps, now - loop.start_time, loop.total_steps, eta, peak_memory, mfu, warmup))
-
-    def _meters(self, device: torch.device, tokens_per_sec: float) -> tuple[int | None, float | None]:
-        """Peak device memory and model FLOPs utilisation (allocator counters: no device sync). With
-        several processes the tokens are all ranks' and the peak is the sum of their devices'."""
-        peak = flops.peak_flops(device, self.dtype, self.config.peak_tflops)
-        per_token = flops.flops_per_token(self.model_config, self.data.settings.context_length)
-        return flops.peak_memory(device), flops.mfu(per_token, tokens_per_sec, peak and peak * self.dist.world)
 
     def _finish(self, loop: _Loop, device: torch.device, reason: str, start_time: float,
                 decisions: Decisions) -> Event:
