@@ -234,6 +234,10 @@ def _train(args: argparse.Namespace, dist) -> int:
                       control=control, resume=args.resume, overwrite=args.overwrite,
                       fresh_optimizer=args.fresh_optimizer, run_id=args.run_id, dist=dist)
     final = trainer.run()
+    if dist.active and not isinstance(final, FailedEvent):
+        # Every rank ends at the same agreed step; wait for rank 0's last sample and save, so that no rank
+        # tears the process group down under the others (gloo aborted the early one: "terminate called").
+        distributed.barrier(dist)
     if isinstance(final, FailedEvent):
         return 1
     if caught:
