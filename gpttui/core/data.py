@@ -17,6 +17,8 @@ import json
 import math
 import os
 import stat
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -25,6 +27,7 @@ import numpy as np
 import torch
 
 from gpttui.core import paths
+from gpttui.core.corpus_types import Cancelled, SourceStats, TokenizeProgress
 from gpttui.core.errors import DataError
 from gpttui.core.fileio import atomic_write
 from gpttui.core.tokenizer import ENDOFTEXT, Tokenizer
@@ -402,6 +405,8 @@ class DataSettings:
     batch_size: int = 2
     train_ratio: float = 0.9
     seed: int = 123
+    text_field: str = "text"  # the field of .jsonl records / the column of .parquet files and datasets
+    split: str = "train"  # a Hugging Face dataset's split
 
     @property
     def effective_stride(self) -> int:
@@ -503,6 +508,7 @@ class PreparedData:
     train_loader: BatchLoader
     val_loader: BatchLoader
     stats: DatasetStats
+    sources: list[SourceStats] = field(default_factory=list)  # per input: documents, characters, tokens
 
     def identity(self) -> dict:
         """What a checkpoint records about its data."""
@@ -520,16 +526,28 @@ class PreparedData:
             "context_length": self.settings.context_length,
             "stride": self.settings.effective_stride,
             "batch_size": self.settings.batch_size,
+            # Only where they differ from the defaults, so older checkpoints' records stay comparable.
+            **({"text_field": self.settings.text_field} if self.settings.text_field != "text" else {}),
+            **({"split": self.settings.split} if self.settings.split != "train" else {}),
         }
 
 
 def prepare_data(settings: DataSettings, tokenizer: Tokenizer, corpus: Corpus | None = None,
-                 progress: ProgressFn | None = None, strict: bool = True) -> PreparedData:
+                 progress: Callable[[TokenizeProgress], None] | None = None, strict: bool = True,
+                 cancel: threading.Event | None = None) -> PreparedData:
     """Read, tokenize (cached), split and window a corpus; build the two loaders and the stats.
     With ``strict``, a corpus too small for the settings raises DataError with the book's advice."""
     s = settings.validate()
     corpus = corpus or read_corpus(s.source)
-    tokenized = tokenize_corpus(corpus, tokenizer, progress=progress)
+    t0 = time.monotonic()
+
+    def chars_progress(done: int, total: int) -> None:  # interim, until the sharded tokenizer lands
+        if cancel is not None and cancel.is_set():
+            raise Cancelled("Tokenizing was cancelled.")
+        if progress:
+            progress(TokenizeProgress("tokenizing", done, total, 0, time.monotonic() - t0))
+
+    tokenized = tokenize_corpus(corpus, tokenizer, progress=chars_progress)
     train, val = tokenized.split(s.train_ratio)
     train_w = TokenWindows(train, s.context_length, s.effective_stride)
     val_w = TokenWindows(val, s.context_length, s.effective_stride)

@@ -25,7 +25,7 @@ RESUMED_TRAIN_FIELDS = ("epochs", "max_steps", "lr", "min_lr", "weight_decay", "
                         "grad_accum", "eval_freq", "eval_iter", "start_context", "sample_tokens", "seed", "device",
                         "dtype", "checkpoint_every", "book", "deterministic")
 # The data settings a checkpoint records (PreparedData.identity()) that a continued run reuses.
-_RESUMED_DATA_FIELDS = ("source", "context_length", "stride", "batch_size", "train_ratio")
+_RESUMED_DATA_FIELDS = ("source", "context_length", "stride", "batch_size", "train_ratio", "text_field", "split")
 
 
 # --- a new model ------------------------------------------------------------------------------------

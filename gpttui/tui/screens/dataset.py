@@ -236,10 +236,10 @@ class DatasetScreen(Screen):
         callback stops the tokenizer at its next report instead of finishing for nothing."""
         worker = get_current_worker()
 
-        def progress(done: int, total: int) -> None:
+        def progress(report) -> None:
             if worker.is_cancelled:
                 raise _Superseded
-            self.post_message(DatasetProgress(done, total))
+            self.post_message(DatasetProgress(report.done_bytes, report.total_bytes))
 
         try:
             corpus = corpus or read_corpus(settings.source)
