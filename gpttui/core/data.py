@@ -12,11 +12,9 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
-import stat
 import threading
 import time
 from dataclasses import dataclass, field
@@ -32,162 +30,21 @@ from gpttui.core.errors import DataError
 from gpttui.core.fileio import atomic_write
 from gpttui.core.tokenizer import ENDOFTEXT, Tokenizer
 
-BUILTIN_SOURCES = {
-    "builtin:pydoc": "Python's reference manual topics, shipped in every CPython (~465k characters)",
-    "builtin:pydoc-20k": "the first ~20k characters of builtin:pydoc, the size of the book's short story",
-}
-TEXT_SUFFIXES = {".txt", ".md"}
-MAX_REPLACED_FRACTION = 0.01  # refuse a file when more than 1% of its bytes are not UTF-8
 CHUNK_CHARS = 1 << 16
 CACHE_VERSION = 2  # 2: boundaries no longer cut before <|endoftext|>
 
 ProgressFn = Callable[[int, int], None]
 
 
-# --- reading ---------------------------------------------------------------------------------------
+# --- reading: gpttui.core.sources (re-exported: older code imports them from here) ------------------
 
-@dataclass
-class Corpus:
-    source: str
-    label: str
-    text: str
-    n_files: int = 1
-    replaced_bytes: int = 0
-    warnings: list[str] = field(default_factory=list)
-    files: list[str] = field(default_factory=list)  # a folder's joined files, relative to it, in order
+from gpttui.core.sources import (  # noqa: E402
+    BUILTIN_SOURCES, MAX_REPLACED_FRACTION, TEXT_SUFFIXES, Corpus, _builtin_pydoc, _not_regular, _read_regular,
+    read_corpus,
+)
 
-    @property
-    def sha256(self) -> str:
-        if not hasattr(self, "_sha"):
-            self._sha = hashlib.sha256(self.text.encode("utf-8", errors="surrogatepass")).hexdigest()
-        return self._sha
-
-
-def _decode(path: Path, data: bytes) -> tuple[str, int]:
-    """UTF-8 text of a file, and how many bytes were replaced; DataError for binary files."""
-    if b"\x00" in data[:65536]:
-        raise DataError(f"{path} looks like a binary file (it contains NUL bytes), not text.")
-    text = data.decode("utf-8", errors="replace")
-    replaced = text.count("\ufffd") - data.count("\ufffd".encode())
-    if replaced and replaced > MAX_REPLACED_FRACTION * len(data):
-        raise DataError(
-            f"{path} is not UTF-8 text: {replaced:,} of its {len(data):,} bytes are not valid UTF-8. "
-            f"Convert it first, e.g. `iconv -f latin1 -t utf-8 {path.name} > {path.stem}.utf8.txt`."
-        )
-    if text.startswith("\ufeff"):
-        text = text[1:]
-    return text, replaced
-
-
-_FILE_KINDS = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-               (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"))
-
-
-def _not_regular(path: Path, mode: int) -> DataError:
-    kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
-    return DataError(f"{path} is {kind}, not a text file: give a regular text file, a folder of .txt/.md "
-                     "files, or builtin:pydoc.")
-
-
-def _read_regular(path: Path) -> bytes:
-    """The bytes of a regular file. Anything else (a device such as /dev/zero, which never ends; a FIFO,
-    which blocks until a writer comes) is refused by its ``stat`` before it is opened, and again by
-    ``fstat`` once open (without blocking: O_NONBLOCK), in case the path was swapped in between."""
-    mode = os.stat(path).st_mode
-    if not stat.S_ISREG(mode):
-        raise _not_regular(path, mode)
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise _not_regular(path, mode)
-        with os.fdopen(fd, "rb") as f:
-            fd = -1
-            return f.read()
-    finally:
-        if fd >= 0:
-            os.close(fd)
-
-
-def _builtin_pydoc() -> str:
-    from pydoc_data import topics
-
-    return "\n\n".join(topics.topics[k].strip() for k in sorted(topics.topics)) + "\n"
-
-
-def read_corpus(spec: str | os.PathLike) -> Corpus:
-    """Read a corpus: a text file, a folder of .txt/.md files, or a ``builtin:`` name."""
-    spec = str(spec).strip()
-    if not spec:
-        raise DataError("No data source given: name a text file, a folder, or builtin:pydoc.")
-    if spec.startswith("builtin:"):
-        if spec == "builtin:pydoc":
-            return Corpus(spec, "Python reference topics (built in)", _builtin_pydoc())
-        if spec == "builtin:pydoc-20k":
-            text = _builtin_pydoc()
-            return Corpus(spec, "Python reference topics, first 20k characters (built in)",
-                          text[:text.index("\n", 20_479) + 1])
-        raise DataError(f"Unknown built-in corpus {spec!r}; available: {', '.join(BUILTIN_SOURCES)}.")
-    path = Path(spec).expanduser()
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        raise DataError(f"{path} does not exist.") from None
-    except PermissionError:
-        raise DataError(f"{path} cannot be read (permission denied).") from None
-    except OSError as exc:
-        raise DataError(f"{path} cannot be read: {exc.strerror or exc}.") from None
-    except ValueError:  # e.g. a NUL character in the name
-        raise DataError(f"{spec!r} is not a valid path.") from None
-    if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
-        raise _not_regular(path, mode)
-    try:
-        if stat.S_ISDIR(mode):
-            return _read_folder(spec, path)
-        data = _read_regular(path)
-    except PermissionError:
-        raise DataError(f"{path} cannot be read (permission denied).") from None
-    except OSError as exc:
-        raise DataError(f"{path} cannot be read: {exc.strerror or exc}.") from None
-    if not data.strip():
-        raise DataError(f"{path} is empty." if not data else f"{path} holds only whitespace.")
-    text, replaced = _decode(path, data)
-    corpus = Corpus(spec, path.name, text, 1, replaced)
-    if replaced:
-        corpus.warnings.append(f"{replaced:,} bytes that are not valid UTF-8 were replaced with U+FFFD.")
-    return corpus
-
-
-def _read_folder(spec: str, root: Path) -> Corpus:
-    files = sorted(
-        p for p in root.rglob("*")
-        if p.suffix.lower() in TEXT_SUFFIXES and p.is_file()
-        and not any(part.startswith(".") for part in p.relative_to(root).parts)
-    )
-    if not files:
-        raise DataError(f"{root} holds no .txt or .md files (searched recursively).")
-    docs, names, warnings, replaced = [], [], [], 0
-    for p in files:
-        try:
-            data = _read_regular(p)
-            if not data.strip():
-                continue
-            text, r = _decode(p, data)
-        except DataError as exc:
-            warnings.append(f"skipped {p.relative_to(root)}: {exc}")
-            continue
-        except OSError as exc:
-            warnings.append(f"skipped {p.relative_to(root)}: {exc.strerror or exc}")
-            continue
-        replaced += r
-        docs.append(text)
-        names.append(p.relative_to(root).as_posix())
-    if not docs:
-        raise DataError(f"{root} has {len(files)} .txt/.md files but none holds usable text.")
-    if replaced:
-        warnings.append(f"{replaced:,} bytes that are not valid UTF-8 were replaced with U+FFFD.")
-    return Corpus(spec, f"{root.name}/ ({len(docs)} files)", ENDOFTEXT.join(docs), len(docs), replaced, warnings,
-                  names)
+# Importable from here as before (the app, the CLI, tests and benchmarks do).
+_REEXPORTED = (BUILTIN_SOURCES, MAX_REPLACED_FRACTION, TEXT_SUFFIXES, _builtin_pydoc, _not_regular, _read_regular)
 
 
 # --- tokenizing, with a cache ----------------------------------------------------------------------
