@@ -399,12 +399,14 @@ def iter_fragments(plan: SourcePlan, stats: list[SourceStats], warnings: list[st
     """The documents of a plan, in input order, as fragments of about ``block_bytes``.
 
     ``stats`` (pass []) gets one :class:`SourceStats` per input, appended when the input is opened and
-    filled as it is read (not the token counts). ``warnings`` gets lines for the user. An input of a
+    filled as it is read (not the token counts). One fragment is held back until the next is read, so
+    the last one also tells the bytes read after it: ``consumed`` sums to ``plan.total_bytes`` (as long
+    as no file changed since it was planned). ``warnings`` gets lines for the user. An input of a
     folder that gives nothing (binary, not UTF-8, unreadable, no usable record) is skipped with a warning;
     any other source's problem, or a folder left with nothing, raises DataError."""
     block = max(1, int(block_bytes))
     carry = 0  # bytes of inputs that gave no fragment (left out, or their tails), told on the next one
-    emitted = False
+    held: Fragment | None = None  # one fragment held back: the last one also tells the bytes after it
     skipped: list[str] = []
     for index, inp in enumerate(plan.inputs):
         st = SourceStats(inp.name, inp.kind, inp.size)
@@ -413,8 +415,11 @@ def iter_fragments(plan: SourcePlan, stats: list[SourceStats], warnings: list[st
         own = False  # a fragment of this input has gone out
         try:
             for text, doc_start, raw in _pieces_of(plan, index, stats, warnings, meter, block):
-                yield Fragment(index, text, doc_start, raw, meter.take() + carry)
-                carry, own, emitted = 0, True, True
+                fragment = Fragment(index, text, doc_start, raw, meter.take() + carry)
+                carry, own = 0, True
+                if held is not None:
+                    yield held
+                held = fragment
         except Cancelled:
             raise
         except (DataError, OSError) as exc:
@@ -428,11 +433,14 @@ def iter_fragments(plan: SourcePlan, stats: list[SourceStats], warnings: list[st
                 warnings.append(f"skipped {inp.name}: {detail}")
         size = plan.inputs[index].size  # a Hub dataset's is known once loaded
         carry += max(meter.read - meter.reported, size - meter.reported, 0)
-    if plan.kind == "folder" and not emitted:
+    if plan.kind == "folder" and held is None:
         raise DataError(_nothing_usable(plan, skipped))
     replaced = sum(s.replaced_bytes for s in stats)
     if replaced:
         warnings.append(f"{replaced:,} bytes that are not valid UTF-8 were replaced with U+FFFD.")
+    if held is not None:
+        held.consumed += carry
+        yield held
 
 
 def _message(inp: InputFile, exc: Exception) -> str:
