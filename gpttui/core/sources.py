@@ -113,7 +113,8 @@ def plan_source(spec: str | os.PathLike, text_field: str = "text", split: str = 
     path = Path(spec).expanduser()
     mode = _stat_mode(path, spec)
     if stat.S_ISDIR(mode):
-        if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
+        if (path / "dataset_dict.json").is_file() or ((path / "state.json").is_file()
+                                                      and (path / "dataset_info.json").is_file()):
             from gpttui.core.sources_records import plan_saved_dataset
 
             return plan_saved_dataset(spec, path, text_field, split)

@@ -16,6 +16,11 @@ from gpttui.core.errors import DataError
 from gpttui.core.sources import (WHITESPACE, EmptyInput, InputError, InputFile, Meter, SourcePlan, decode,
                                  module_missing, open_regular, sniff, SNIFF_BYTES)
 
+try:  # about 2x faster than json on .jsonl lines; json stays the fallback (and reads what orjson refuses)
+    from orjson import loads as _fast_loads
+except ImportError:  # pragma: no cover - orjson is a dependency
+    _fast_loads = json.loads
+
 _SURROGATE = re.compile("[\ud800-\udfff]")  # a lone "\\ud800" in JSON: not text any encoder takes
 _BOM = b"\xef\xbb\xbf"
 _HF_INSTALL = "pip install 'gpttui[hf]'"
@@ -62,15 +67,10 @@ def jsonl_documents(path: Path, text_field: str, st: SourceStats, warnings: list
                 line = line[len(_BOM):]
             if not line.strip():
                 continue
-            text, replaced = decode(line)
-            st.replaced_bytes += replaced
-            try:
-                record = json.loads(text)
-            except ValueError:
-                record = None
+            record = _parse(line, st)
             if not isinstance(record, dict):
                 st.bad_lines += 1
-                first_bad = first_bad or (lineno, _excerpt(text))
+                first_bad = first_bad or (lineno, _excerpt(line.decode("utf-8", errors="replace")))
                 continue
             value = record.get(text_field)
             if isinstance(value, str) and b"\\u" in line and _SURROGATE.search(value):
@@ -87,6 +87,22 @@ def jsonl_documents(path: Path, text_field: str, st: SourceStats, warnings: list
         raise EmptyInput(f"{path} holds no text: {st.empty:,} record(s) with empty text.")
     if problems:
         warnings.append(f"{path.name}: {problems}.")
+
+
+def _parse(line: bytes, st: SourceStats) -> Any:
+    """A line's JSON value (None when it is not JSON). Bytes that are not UTF-8 are replaced (and
+    counted), as in text files; a lone surrogate escape is read too (replaced by the caller)."""
+    try:
+        return _fast_loads(line)
+    except ValueError:  # not JSON, or what only json reads: bad UTF-8, lone surrogates, NaN
+        pass
+    text, replaced = decode(line)
+    try:
+        record = json.loads(text)
+    except ValueError:
+        return None
+    st.replaced_bytes += replaced
+    return record
 
 
 def _jsonl_problems(st: SourceStats, text_field: str, first_bad: tuple[int, str] | None,
@@ -130,6 +146,18 @@ def _rows_to_pieces(batches: Iterable[list], rows: int, size: int, st: SourceSta
                 yield document, True, None
 
 
+def _parquet_batch_rows(pf, text_field: str, block: int) -> int:
+    """Rows per batch for about ``block`` bytes of text: from the uncompressed size the metadata tells,
+    or from the first rows when they are bigger (dictionary-encoded columns look small)."""
+    meta = pf.metadata
+    rows = max(1, meta.num_rows)
+    per_row = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups)) / rows
+    probe = next(pf.iter_batches(batch_size=64, columns=[text_field]), None)
+    if probe is not None and probe.num_rows:
+        per_row = max(per_row, probe.column(0).nbytes / probe.num_rows)
+    return _batch_rows(int(per_row * rows), rows, block)
+
+
 def parquet_documents(path: Path, text_field: str, st: SourceStats, meter: Meter, block: int) -> Pieces:
     """One document per row's ``text_field`` column, read in batches of about ``block`` bytes; null and
     non-string values count in ``missing_field``. A file without the column raises, naming the columns."""
@@ -138,19 +166,17 @@ def parquet_documents(path: Path, text_field: str, st: SourceStats, meter: Meter
         size = os.fstat(f.fileno()).st_size
         if not size:
             raise EmptyInput(f"{path} is empty.")
-        try:
-            pf = pq.ParquetFile(f)
+        try:  # read in small buffers: a row group's column is not loaded whole
+            pf = pq.ParquetFile(f, buffer_size=1 << 20, pre_buffer=False)
         except (pa.ArrowException, OSError) as exc:
             raise InputError(f"{path} is not a readable Parquet file ({exc}).", "not Parquet") from None
         names = pf.schema_arrow.names
         if text_field not in names:
             raise InputError(f"{path} has no column {text_field!r} (its columns: {', '.join(names) or 'none'}); "
                              "name the text column with --text-field.", f"no column {text_field!r}")
-        meta = pf.metadata
-        rows = meta.num_rows
-        stored = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
-        batches = pf.iter_batches(batch_size=_batch_rows(stored, rows, block), columns=[text_field])
+        rows = pf.metadata.num_rows
         try:
+            batches = pf.iter_batches(batch_size=_parquet_batch_rows(pf, text_field, block), columns=[text_field])
             yield from _rows_to_pieces((b.column(0).to_pylist() for b in batches), rows, size, st, meter)
         except pa.ArrowException as exc:
             raise InputError(f"{path} could not be read ({exc}).", "unreadable") from None
