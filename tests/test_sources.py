@@ -161,6 +161,44 @@ def test_a_big_file_is_streamed_in_blocks_and_decodes_as_a_whole(tmp_path):
     assert S.read_corpus(p).text == whole
 
 
+BAD_SEQUENCES = [b"\xe2\x82", b"\xf0\x9f", b"\xc3", b"\x80", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\xc0\xaf",
+                 b"\xe0\x80", b"\xff"]
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_any_block_edge_decodes_as_the_whole(tmp_path, seed):
+    """Valid text of 1- to 4-byte characters with broken sequences of every kind here and there (at most
+    1% of the bytes, so the file is kept): streamed in blocks of 1 to 9 bytes, it decodes as the whole."""
+    import random
+
+    rng = random.Random(seed)
+    parts = []
+    for _ in range(400):
+        parts.append(rng.choice(["a", "\u00e9", "\u20ac", "\U0001f600", "\ufffd", " ", "\n"]).encode())
+        if rng.random() < 0.006:
+            parts.append(rng.choice(BAD_SEQUENCES))
+    parts.insert(rng.randrange(len(parts)), rng.choice(BAD_SEQUENCES))
+    data = (b"\xef\xbb\xbf" if seed % 2 else b"") + b"".join(parts) + rng.choice([b"", b"\xf0\x9f\x98"])
+    p = tmp_path / "r.txt"
+    p.write_bytes(data)
+    whole = data.decode("utf-8", errors="replace").removeprefix("\ufeff")
+    replaced = whole.count("\ufffd") - data.count("\ufffd".encode())
+    assert 0 < replaced <= 0.01 * len(data)  # so with these seeds
+    for block in range(1, 10):
+        frags, stats, _ = _fragments(S.plan_source(p), block)
+        assert "".join(f.text for f in frags) == whole and stats[0].replaced_bytes == replaced
+        _check_fragments(frags, len(data))
+
+
+def test_a_small_file_is_judged_as_a_whole_as_before(tmp_path):
+    p = tmp_path / "edge.txt"
+    p.write_bytes(b"a" * 99 + b"\xff")  # 1 bad byte in 100: kept, as before
+    assert S.read_corpus(p).replaced_bytes == 1
+    p.write_bytes(b"a" * 98 + b"\xff\xff")  # 2 in 100: refused, as before
+    with pytest.raises(DataError, match="2 of its 100 bytes are not valid UTF-8"):
+        S.read_corpus(p)
+
+
 def test_whitespace_before_the_text_is_kept_and_whitespace_only_is_refused(tmp_path):
     p = tmp_path / "t.txt"
     p.write_bytes(b"\n \n" * 3000 + b"words\n")

@@ -318,7 +318,7 @@ def _text_pieces(path: Path, st: SourceStats, meter: Meter, block: int) -> Itera
         if not head:
             st.empty += 1
             raise EmptyInput(f"{path} is empty.")
-        sniff(path, head, whole=len(head) < want)
+        sniff(path, head, whole=len(head) >= os.fstat(f.fileno()).st_size)
         pending: list[tuple[str, bytes | None]] = []
         started, first, carry = False, True, b""
 

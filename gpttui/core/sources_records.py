@@ -59,7 +59,7 @@ def jsonl_documents(path: Path, text_field: str, st: SourceStats, warnings: list
         head = f.read(SNIFF_BYTES)
         if not head:
             raise EmptyInput(f"{path} is empty.")
-        sniff(path, head, whole=len(head) < SNIFF_BYTES)
+        sniff(path, head, whole=len(head) >= os.fstat(f.fileno()).st_size)
         f.seek(0)
         for lineno, line in enumerate(f, 1):
             meter.read += len(line)
@@ -275,7 +275,13 @@ def dataset_documents(plan: SourcePlan, index: int, st: SourceStats, meter: Mete
     _need_datasets(f"the Hugging Face dataset {inp.name}")
     import datasets
 
-    ds = datasets.load_from_disk(inp.path) if inp.path else _load_hub(plan)
+    if inp.path:
+        try:
+            ds = datasets.load_from_disk(inp.path)
+        except (OSError, ValueError) as exc:
+            raise DataError(f"The Hugging Face dataset saved in {inp.path} could not be loaded: {exc}") from None
+    else:
+        ds = _load_hub(plan)
     if isinstance(ds, datasets.DatasetDict):  # a split folder saved on its own: take the asked split
         if plan.split not in ds:
             raise DataError(f"{inp.name} has the split(s) {', '.join(ds)}, not {plan.split!r}: choose one with --split.")
