@@ -360,7 +360,7 @@ def test_a_mixed_folder_gives_per_input_stats_and_skips_with_reasons(tmp_path):
     skipped = [w.split(":")[0] for w in warnings if w.startswith("skipped")]
     assert skipped == ["skipped a_latin.txt", "skipped b_utf16.txt", "skipped c_binary.txt",
                        "skipped sub/g_bad.jsonl", "skipped sub/i.parquet"]
-    assert any(w.startswith("f.jsonl: 1 line(s) not a JSON object") for w in warnings)
+    assert any(w.startswith("sub/f.jsonl: 1 line(s) not a JSON object") for w in warnings)
     # Skipped inputs' bytes are told on the next fragment; those after the last fragment, on the last.
     assert frags[0].consumed == sum(i.size for i in plan.inputs[:4])
     assert frags[-1].consumed == plan.inputs[8].size + plan.inputs[9].size

@@ -86,7 +86,7 @@ def jsonl_documents(path: Path, text_field: str, st: SourceStats, warnings: list
             raise InputError(f"{path} has no usable record: {problems}.", "no usable record")
         raise EmptyInput(f"{path} holds no text: {st.empty:,} record(s) with empty text.")
     if problems:
-        warnings.append(f"{path.name}: {problems}.")
+        warnings.append(f"{st.name}: {problems}.")
 
 
 def _parse(line: bytes, st: SourceStats) -> Any:
