@@ -122,6 +122,18 @@ def test_joined_text_is_the_old_readers_byte_for_byte(tmp_path, case):
         _check_fragments(frags)
 
 
+def test_a_folder_is_read_in_sorted_paths_order(tmp_path):
+    """Part by part, as sorted Path objects (the old order): "a/b.txt" before "a-b.txt" though "-" < "/"."""
+    root = tmp_path / "order"
+    names = ["a-b.txt", "a/b.txt", "a.txt", "A.txt", "a b.md", "a/B/c.jsonl", "a0.txt", "b.parquet.txt", "\u00e9.md"]
+    for name in names:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(f'{{"text": "{name}"}}\n' if name.endswith(".jsonl") else name, encoding="utf-8")
+    old = sorted(root / n for n in names)
+    assert [i.name for i in S.plan_source(root).inputs] == [p.relative_to(root).as_posix() for p in old]
+    assert S.read_corpus(root).text == EOT.join(p.relative_to(root).as_posix() for p in old)
+
+
 def test_builtin_and_memory_sources():
     corpus = S.read_corpus("builtin:pydoc-20k")
     assert corpus.label == "Python reference topics, first 20k characters (built in)"

@@ -121,7 +121,7 @@ def plan_source(spec: str | os.PathLike, text_field: str = "text", split: str = 
         return _plan_folder(spec, path, text_field, split)
     if not stat.S_ISREG(mode):
         raise _not_regular(path, mode)
-    return SourcePlan(spec, path.name, "file", [_input_file(path, path.name)], text_field, split)
+    return SourcePlan(spec, path.name, "file", [_input_file(str(path), path.name)], text_field, split)
 
 
 def plan_memory(text: str, label: str = "text", spec: str = "memory") -> SourcePlan:
@@ -142,26 +142,51 @@ def _stat_mode(path: Path, spec: str) -> int:
         raise DataError(f"{spec!r} is not a valid path.") from None
 
 
-def _input_file(path: Path, name: str) -> InputFile:
-    kind = RECORD_SUFFIXES.get(path.suffix.lower(), "text")
-    try:
-        st = os.stat(path)
-    except OSError:  # gone since it was listed: reading it will say so
-        return InputFile(os.path.abspath(path), name, kind, 0, 0)
+def _input_file(path: str, name: str, st: os.stat_result | None = None) -> InputFile:
+    kind = RECORD_SUFFIXES.get(os.path.splitext(path)[1].lower(), "text")
+    if st is None:
+        try:
+            st = os.stat(path)
+        except OSError:  # gone since it was listed: reading it will say so
+            return InputFile(os.path.abspath(path), name, kind, 0, 0)
     return InputFile(os.path.abspath(path), name, kind, st.st_size, st.st_mtime_ns)
 
 
+def _folder_files(root: Path) -> list[tuple[str, str, os.stat_result]]:
+    """(path, name relative to ``root``, stat) of the regular files (or links to them) with a corpus
+    suffix below ``root``; hidden files and folders left out (not even entered: a .git folder can be
+    big), links to folders not followed. Strings, not Paths: 10,000 files are planned in ~0.1 s."""
+    top = os.path.abspath(root)
+    found = []
+    for folder, dirs, names in os.walk(top):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        inner = folder[len(top) + 1:]
+        for name in names:
+            if name.startswith(".") or os.path.splitext(name)[1].lower() not in INPUT_SUFFIXES:
+                continue
+            path = os.path.join(folder, name)
+            try:
+                st = os.stat(path)
+            except OSError:  # a broken link
+                continue
+            if stat.S_ISREG(st.st_mode):  # not a FIFO, a socket, a link to a device
+                found.append((path, os.path.join(inner, name) if inner else name, st))
+    return found
+
+
+def _path_order(entry: tuple[str, str, os.stat_result]) -> list[str]:
+    """Sorted ``Path`` objects' order (part by part; case-blind on Windows), without making Paths."""
+    parts = entry[1].split(os.sep)
+    return [p.casefold() for p in parts] if os.name == "nt" else parts
+
+
 def _plan_folder(spec: str, root: Path, text_field: str, split: str) -> SourcePlan:
-    """Every .txt/.md/.jsonl/.parquet file below ``root`` (hidden files and folders left out), in the
-    order of sorted paths: the order older versions joined a folder's .txt/.md files in."""
-    files = sorted(
-        p for p in root.rglob("*")
-        if p.suffix.lower() in INPUT_SUFFIXES and p.is_file()
-        and not any(part.startswith(".") for part in p.relative_to(root).parts)
-    )
-    if not files:
+    """Every .txt/.md/.jsonl/.parquet file below ``root``, in the order of sorted paths: the order older
+    versions joined a folder's .txt/.md files in (so its text, and the text's sha256, stay the same)."""
+    found = sorted(_folder_files(root), key=_path_order)
+    if not found:
         raise DataError(f"{root} holds no .txt or .md files (nor .jsonl or .parquet; searched recursively).")
-    inputs = [_input_file(p, p.relative_to(root).as_posix()) for p in files]
+    inputs = [_input_file(path, name.replace(os.sep, "/"), st) for path, name, st in found]
     return SourcePlan(spec, f"{root.name}/ ({len(inputs)} files)", "folder", inputs, text_field, split)
 
 
