@@ -160,7 +160,7 @@ def _folder_files(root: Path) -> list[tuple[str, str, os.stat_result]]:
     found = []
     for folder, dirs, names in os.walk(top):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
-        inner = folder[len(top) + 1:]
+        inner = "" if folder == top else os.path.relpath(folder, top)  # once per folder, not per file
         for name in names:
             if name.startswith(".") or os.path.splitext(name)[1].lower() not in INPUT_SUFFIXES:
                 continue
