@@ -120,7 +120,7 @@ def plan_source(spec: str | os.PathLike, text_field: str = "text", split: str = 
             return plan_saved_dataset(spec, path, text_field, split)
         return _plan_folder(spec, path, text_field, split)
     if not stat.S_ISREG(mode):
-        raise _not_regular(path, mode)
+        raise not_regular(path, mode)
     return SourcePlan(spec, path.name, "file", [_input_file(str(path), path.name)], text_field, split)
 
 
@@ -236,10 +236,14 @@ class EmptyInput(InputError):
         super().__init__(message, "no text")
 
 
-def _not_regular(path: Path, mode: int) -> DataError:
+def not_regular(path: Path, mode: int) -> DataError:
+    """The error for a path that is not a regular file (today's wording, which tests pin)."""
     kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
     return InputError(f"{path} is {kind}, not a text file: give a regular text file, a folder of .txt/.md "
                       "files, or builtin:pydoc.", kind)
+
+
+_not_regular = not_regular  # its old name
 
 
 def open_regular(path: Path) -> BinaryIO:
@@ -248,12 +252,12 @@ def open_regular(path: Path) -> BinaryIO:
     ``fstat`` once open (without blocking: O_NONBLOCK), in case the path was swapped in between."""
     mode = os.stat(path).st_mode
     if not stat.S_ISREG(mode):
-        raise _not_regular(path, mode)
+        raise not_regular(path, mode)
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
-            raise _not_regular(path, mode)
+            raise not_regular(path, mode)
         return os.fdopen(fd, "rb", buffering=1 << 20)
     except BaseException:
         os.close(fd)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -14,7 +15,7 @@ from typing import Any, Iterable, Iterator
 from gpttui.core.corpus_types import SourceStats
 from gpttui.core.errors import DataError
 from gpttui.core.sources import (WHITESPACE, EmptyInput, InputError, InputFile, Meter, SourcePlan, decode,
-                                 module_missing, open_regular, sniff, SNIFF_BYTES)
+                                 module_missing, not_regular, open_regular, sniff, SNIFF_BYTES)
 
 try:  # about 2x faster than json on .jsonl lines; json stays the fallback (and reads what orjson refuses)
     from orjson import loads as _fast_loads
@@ -244,6 +245,8 @@ def plan_saved_dataset(spec: str, root: Path, text_field: str, split: str) -> So
             st = os.stat(p)
         except OSError:
             raise DataError(f"{root} is a saved dataset whose file {p.name} is missing.") from None
+        if not stat.S_ISREG(st.st_mode):  # ``datasets`` would open it: a FIFO would block
+            raise not_regular(p, st.st_mode)
         size, mtime = size + st.st_size, max(mtime, st.st_mtime_ns)
     label = f"{name} (Hugging Face dataset, {len(files)} file(s))"
     return SourcePlan(spec, label, "hf", [InputFile(os.path.abspath(folder), name, "hf", size, mtime)],
