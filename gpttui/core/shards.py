@@ -103,6 +103,23 @@ def last_safe_cut(text: str, lo: int = 1) -> int:
     return -1
 
 
+def _cut_near(text: str, want: int) -> int:
+    """A safe cut close to ``want`` characters: the last one before it if that keeps at least half, else the
+    first one after it; -1 when the text has none."""
+    cut = last_safe_cut(text[:want + 1])
+    if cut >= want // 2:
+        return cut
+    i = text.find("\n", want)
+    while i != -1 and not _cut_ok(text, i):
+        i = text.find("\n", i + 1)
+    if i != -1:
+        return i
+    i = text.find(" ", want)
+    while i != -1 and not (not text[i - 1].isspace() and _cut_ok(text, i)):
+        i = text.find(" ", i + 1)
+    return i if i != -1 else cut
+
+
 # --- the worker's side ---------------------------------------------------------------------------------------
 
 _WORKER: dict[str, Any] = {}
@@ -204,19 +221,19 @@ def _tasks(fragments: Iterator[Any], reading: _Reading, task_chars: int | None =
         reading.sha.update(frag.raw if frag.raw is not None else frag.text.encode("utf-8", "surrogatepass"))
         buf.append(frag.text)
         buf_chars += len(frag.text)
-        if pending_chars + buf_chars >= task_chars and buf_chars >= task_chars // 2:
-            text = "".join(buf)
-            cut = last_safe_cut(text)
+        while pending_chars + buf_chars >= task_chars and buf_chars >= task_chars // 2:
+            text = "".join(buf) if len(buf) > 1 else buf[0]
+            cut = _cut_near(text, max(task_chars - pending_chars, task_chars // 2))
             if cut < 0 and len(text) >= FORCED_CUT_CHARS:
-                cut = len(text) // 2
+                cut = task_chars
                 reading.forced_cuts += 1
-            if cut > 0:
-                pending.append((source, text[:cut]))
-                pending_chars += cut
-                buf, buf_chars = [text[cut:]], len(text) - cut
-                yield take()
-            else:
+            if cut <= 0:
                 buf, buf_chars = [text], len(text)
+                break  # no safe cut yet: wait for more of the document
+            pending.append((source, text[:cut]))
+            pending_chars += cut
+            buf, buf_chars = [text[cut:]], len(text) - cut
+            yield take()
     close_document()
     if pending:
         yield take()
@@ -345,7 +362,8 @@ class _Writer:
     def _tmp(self) -> Path:
         return self.directory / f"shard-{len(self.shards):05d}.bin.tmp"
 
-    def write(self, task: _Task, result: tuple[bytes, list, list]) -> None:
+    def write(self, task: _Task, result: tuple[bytes, list, list]) -> bool:
+        """Append a task's tokens; True when that finished a shard."""
         data, per_input, marks = result
         if self._file is None:
             self._file = open(self._tmp, "wb")
@@ -364,6 +382,8 @@ class _Writer:
         self.tasks += 1
         if self._open_tokens >= self.shard_tokens:
             self.close_shard()
+            return True
+        return False
 
     def close_shard(self) -> None:
         """Put the open shard in place under its final name and record it (the point a resume restarts from)."""
@@ -537,9 +557,10 @@ def _build(plan: Any, tokenizer: Any, key: str, directory: Path, resume: dict | 
             if n < writer.resumed_tasks:  # finished by an interrupted build: its tokens are in the shards
                 report("reading")
                 continue
+            if n and n == writer.resumed_tasks:
+                report("reading", force=True)  # where the resumed build starts encoding
             for done_task, result in encoder.submit(task):
-                writer.write(done_task, result)
-                report("tokenizing")
+                report("tokenizing", force=writer.write(done_task, result))  # always when a shard is done
         for done_task, result in encoder.drain():
             writer.write(done_task, result)
         writer.close_shard()
