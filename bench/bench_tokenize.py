@@ -21,7 +21,7 @@ between documents must equal gpttui's tokens, else gpttui tokenized a different 
     PYTHONPATH=$PWD python bench/bench_tokenize.py                        # 100M,500M,2G: the README's table
 
 Needs the GPT-2 BPE files (--bpe-dir, $GPTTUI_GPT2_BPE_DIR, ../shared/data/gpt2, or gpttui's data dir) and
-about 1.6x the largest size free on disk (one corpus at a time is kept unless --keep).
+about 1.7x the largest size (plus 0.5 GiB) free on disk (one corpus at a time is kept unless --keep).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-FILE_BYTES = 64_000_000  # each .txt file of a corpus (the last one smaller), and the .jsonl at most
+FILE_BYTES = 64_000_000  # the most bytes of one .txt file of a corpus, and of its .jsonl
 GEN_VERSION = 1  # bump when the generated text changes, so kept corpora are made again
 MB = 1_000_000
 MIB = 1 << 20
@@ -188,6 +188,7 @@ def ensure_corpus(workdir: Path, label: str, size: int, seed: int, jsonl: bool) 
         if {k: meta.get(k) for k in want} == want and meta.get("bytes") == folder_bytes(folder):
             return folder, meta["bytes"], False
         shutil.rmtree(folder)  # an older or partial corpus of this bench's own
+    marker.write_text(json.dumps({**want, "bytes": None}))  # ours even if generating is cut short
     nbytes = write_corpus(folder, size, seed, jsonl)
     marker.write_text(json.dumps({**want, "bytes": nbytes}))
     return folder, nbytes, True
@@ -294,10 +295,10 @@ elif mode == "tiktoken":
     for name in sorted(os.listdir(source)):
         path = os.path.join(source, name)
         if name.endswith(".jsonl"):
-            with open(path, encoding="utf-8") as f:
+            with open(path, encoding="utf-8", newline="") as f:
                 batch = [json.loads(line)["text"] for line in f if line.strip()]
         else:
-            with open(path, encoding="utf-8") as f:
+            with open(path, encoding="utf-8", newline="") as f:
                 batch = [f.read()]
         for text in batch:
             docs += 1
@@ -422,14 +423,20 @@ def human(n: int) -> str:
     return f"{n / 10**9:g} GB" if n >= 10**9 else f"{n / MB:g} MB"
 
 
+def check_disk(workdir: Path, size: int) -> None:
+    """Stop with a clear message, before anything is written, when the corpus and its token cache won't fit."""
+    need, free = int(size * 1.7) + 512 * MIB, shutil.disk_usage(workdir).free
+    if free < need:
+        raise SystemExit(f"{human(size)}: {free / 2**30:.1f} GiB free in {workdir}, about {need / 2**30:.1f} GiB "
+                         "needed (the corpus and its token cache); free some space, pick another --workdir or "
+                         "smaller --sizes.")
+
+
 def measure_size(label: str, size: int, args: argparse.Namespace, env: dict, base_rss: int) -> dict:
     """Generate (or reuse) one corpus, run tiktoken, gpttui cold and gpttui reopened on it; delete it after."""
     workdir = args.workdir
-    need = int(size * 1.7) + 512 * MIB
-    free = shutil.disk_usage(workdir).free
-    if not (workdir / f"corpus-{label}").exists() and free < need:
-        raise SystemExit(f"{human(size)}: {free / 2**30:.1f} GiB free in {workdir}, about {need / 2**30:.1f} GiB "
-                         "needed (corpus + token cache); free some space or pick another --workdir.")
+    if not (workdir / f"corpus-{label}").exists():
+        check_disk(workdir, size)
     log(f"{label}: generating the corpus")
     t0 = time.perf_counter()
     folder, nbytes, made = ensure_corpus(workdir, label, size, args.seed, not args.no_jsonl)
@@ -534,15 +541,19 @@ def main() -> int:
     args = p.parse_args()
     if args.rounds < 1 or args.workers < 1:
         p.error("--rounds and --workers must be at least 1")
-    sizes = sorted({parse_size(s) for s in args.sizes.split(",") if s.strip()})
-    if not sizes:
-        p.error("--sizes names no size")
+    try:
+        sizes = sorted({parse_size(s) for s in args.sizes.split(",") if s.strip()})
+    except argparse.ArgumentTypeError as exc:
+        p.error(str(exc))
+    if not sizes or sizes[0] < 100_000:
+        p.error("--sizes: give at least one size, each of 100K or more")
     env = dict(os.environ, PYTHONPATH=str(REPO), GPTTUI_GPT2_BPE_DIR=str(find_bpe_dir(args.bpe_dir)))
     made_workdir = args.workdir is None
     args.workdir = Path(args.workdir or tempfile.mkdtemp(prefix="gpttui-bench-tok-", dir="/tmp")).resolve()
     args.workdir.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     try:
+        check_disk(args.workdir, sizes[-1])  # the largest, before minutes go into the smaller ones
         with tempfile.TemporaryDirectory(dir=args.workdir) as home:
             log("baseline child")
             base = run_child("base", "", home, env, args)
@@ -551,6 +562,8 @@ def main() -> int:
     finally:
         if made_workdir and not args.keep:
             shutil.rmtree(args.workdir, ignore_errors=True)
+        elif args.keep:
+            log(f"corpora kept in {args.workdir} (reused with --workdir {args.workdir})")
     ok = report(rows, base, args)
     if args.json:
         args.json.write_text(json.dumps({"machine": machine(base), "base": base, "rows": rows}, indent=1))
