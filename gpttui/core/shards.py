@@ -449,6 +449,23 @@ def _space_message(exc: OSError, directory: Path, writer: _Writer) -> str:
             f"with room.")
 
 
+@contextmanager
+def _plain_main():
+    """Spawned processes re-run the parent's ``__main__`` script (``<stdin>``, a notebook, a user's script
+    without a ``__name__`` guard: each fails or recurses). The workers need nothing from it, so they are
+    started while ``__main__`` is an empty module."""
+    import sys
+    import types
+
+    main = sys.modules.get("__main__")
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        if main is not None:
+            sys.modules["__main__"] = main
+
+
 class _Encoder:
     """Encodes tasks in order: in this process, or on a pool of worker processes with a bounded number of
     tasks in flight (so memory stays flat however big the corpus)."""
@@ -462,6 +479,10 @@ class _Encoder:
 
             self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                             initializer=_init_worker, initargs=(tokenizer.name,))
+            with _plain_main():  # start them all now (one per submit), none importing the caller's script
+                started = [self.pool.submit(int) for _ in range(workers)]
+            for future in started:
+                future.result()
 
     def submit(self, task: _Task) -> Iterator[tuple[_Task, tuple]]:
         """Queue ``task``; yield the results that are due, oldest first."""
