@@ -2,8 +2,10 @@
 
 - ``read_corpus(spec)``: a text file, a folder of .txt/.md (documents joined by <|endoftext|>), or
   ``builtin:pydoc``.
-- ``tokenize_corpus(corpus, tokenizer)``: tokenized once, in line-aligned chunks on several threads,
-  stored as a compact token file keyed by content hash + tokenizer; reopening does not re-tokenize.
+- ``tokenize_source(settings, tokenizer)``: the source streamed into token shards by a pool of worker
+  processes (:mod:`gpttui.core.shards`), keyed by the inputs' fingerprint; reopening reads no text. The
+  shards are read through memory maps (:class:`~gpttui.core.tokenstream.TokenStream`); the book's split
+  at a character re-encodes only the ~64k characters around it.
 - ``TokenWindows``: the book's ``GPTDatasetV1`` windows (starts ``range(0, n - max_length, stride)``,
   targets shifted by one), sliced on the fly: memory O(tokens), not O(windows x length).
 - ``BatchLoader``: the book's loaders (train shuffled with drop_last, val neither), seeded per epoch so
@@ -16,7 +18,6 @@ import json
 import math
 import os
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -24,138 +25,149 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from gpttui.core import paths
-from gpttui.core.corpus_types import Cancelled, SourceStats, TokenizeProgress
+from gpttui.core.corpus_types import Cancelled, SourceStats  # noqa: F401 (Cancelled: for callers)
+from gpttui.core.corpus_types import TokenizeProgress
 from gpttui.core.errors import DataError
-from gpttui.core.fileio import atomic_write
-from gpttui.core.tokenizer import ENDOFTEXT, Tokenizer
+from gpttui.core.shards import INDEX_CHARS, ShardedCorpus, build_shards, chunk_boundaries  # noqa: F401
+from gpttui.core.sources import plan_memory, plan_source
+from gpttui.core.tokenizer import Tokenizer
+from gpttui.core.tokenstream import TokenStream
 
-CHUNK_CHARS = 1 << 16
-CACHE_VERSION = 2  # 2: boundaries no longer cut before <|endoftext|>
-
-ProgressFn = Callable[[int, int], None]
+CHUNK_CHARS = INDEX_CHARS  # the split re-encodes at most about this many characters
 
 
-# --- reading: gpttui.core.sources (re-exported: older code imports them from here) ------------------
+# --- reading: gpttui.core.sources (re-exported: the app, the CLI, tests and benchmarks import them here) ---
 
 from gpttui.core.sources import (  # noqa: E402
     BUILTIN_SOURCES, MAX_REPLACED_FRACTION, TEXT_SUFFIXES, Corpus, _builtin_pydoc, _not_regular, _read_regular,
     read_corpus,
 )
 
-# Importable from here as before (the app, the CLI, tests and benchmarks do).
-_REEXPORTED = (BUILTIN_SOURCES, MAX_REPLACED_FRACTION, TEXT_SUFFIXES, _builtin_pydoc, _not_regular, _read_regular)
+_REEXPORTED = (BUILTIN_SOURCES, MAX_REPLACED_FRACTION, TEXT_SUFFIXES, _builtin_pydoc, _not_regular, _read_regular,
+               read_corpus)
 
 
-# --- tokenizing, with a cache ----------------------------------------------------------------------
+# --- tokenizing: shards on disk, read through memory maps ------------------------------------------
 
-def chunk_boundaries(text: str, target: int = CHUNK_CHARS) -> list[int]:
-    """Character offsets (0 ... len) at which the text can be cut without changing its tokens:
-    just before a newline that is followed by a non-space character.
+@dataclass
+class CorpusInfo:
+    """What prepared data knows of its text without holding it: where it came from, its sha256 and length,
+    the inputs it was read from (with their counts) and what was noted while reading."""
 
-    GPT-2's pre-tokenizer splits a whitespace run that precedes a non-space character before the
-    run's last character (``\\s+(?!\\S)`` backs off by one), and only a literal space can join the
-    word after it. So a cut before such a newline falls on a piece boundary, and encoding the two
-    sides separately gives exactly the tokens of the whole text."""
-    bounds = [0]
-    n = len(text)
-    pos = target
-    while pos < n:
-        i = text.find("\n", pos)
-        # Not before whitespace, nor before <|endoftext|>: special tokens are split off first, so
-        # for the pre-tokenizer the text ends there (a cut in "\n\n<|endoftext|>" would split 628).
-        while i != -1 and i + 1 < n and (text[i + 1].isspace() or text.startswith(ENDOFTEXT, i + 1)):
-            i = text.find("\n", i + 1)
-        if i == -1 or i + 1 >= n:
-            break
-        bounds.append(i)
-        pos = i + target
-    bounds.append(n)
-    return bounds
+    source: str
+    label: str
+    sha256: str
+    characters: int
+    files: list[str] = field(default_factory=list)  # a folder's inputs that gave text, relative to it, in order
+    warnings: list[str] = field(default_factory=list)
+    sources: list[SourceStats] = field(default_factory=list)
+    plan: Any = field(default=None, repr=False)  # the SourcePlan (how to read it again)
+    _text: Callable[[], str] | None = field(default=None, repr=False)
+
+    @property
+    def n_files(self) -> int:
+        return max(1, len(self.files))
+
+    @property
+    def replaced_bytes(self) -> int:
+        return sum(s.replaced_bytes for s in self.sources)
+
+    @property
+    def text(self) -> str:
+        """The whole text, decoded from its tokens: for small corpora (tests, the book's tools) only."""
+        return self._text() if self._text is not None else ""
 
 
 @dataclass
 class TokenizedCorpus:
-    corpus: Corpus
+    corpus: Any  # a Corpus (with its text) or a CorpusInfo
     tokenizer: Tokenizer
-    tokens: np.ndarray  # all tokens, uint16 when the vocabulary fits
-    char_offsets: np.ndarray  # chunk starts in characters (n_chunks + 1)
-    token_offsets: np.ndarray  # chunk starts in tokens (n_chunks + 1)
+    tokens: Any  # a TokenStream over the shards (or a NumPy array): uint16 when the vocabulary fits
+    char_offsets: np.ndarray  # safe cuts in characters (first 0, last the text's length)
+    token_offsets: np.ndarray  # the same cuts in tokens
     from_cache: bool = False
+    sharded: ShardedCorpus | None = None
 
     @property
     def n_tokens(self) -> int:
         return int(self.tokens.shape[0])
 
-    def split(self, train_ratio: float) -> tuple[np.ndarray, np.ndarray]:
-        """Token ids of ``text[:split]`` and ``text[split:]`` with ``split = int(ratio * chars)``,
-        each exactly as the book's separate ``tokenizer.encode`` calls give them. Only the chunk that
-        holds the split point is encoded again."""
-        if not 0.0 < train_ratio <= 1.0:
-            raise DataError(f"The train ratio must be in (0, 1] (got {train_ratio}).")
-        text = self.corpus.text
-        split = int(train_ratio * len(text))
-        k = int(np.searchsorted(self.char_offsets, split, side="right")) - 1
-        k = min(k, len(self.char_offsets) - 2)
+    @property
+    def characters(self) -> int:
+        return int(self.char_offsets[-1])
+
+    def _piece(self, k: int) -> str:
+        """The text between cuts ``k`` and ``k + 1``, decoded from its own tokens (reads no input file)."""
         c0, c1 = int(self.char_offsets[k]), int(self.char_offsets[k + 1])
         t0, t1 = int(self.token_offsets[k]), int(self.token_offsets[k + 1])
+        text = self.tokenizer.decode(np.asarray(self.tokens[t0:t1]).tolist())
+        if len(text) != c1 - c0:  # not text that decodes back to itself (lone surrogates): take the original
+            text = self.corpus.text[c0:c1]
+        return text
+
+    def split(self, train_ratio: float) -> tuple[TokenStream, TokenStream]:
+        """Token ids of ``text[:split]`` and ``text[split:]`` with ``split = int(ratio * chars)``,
+        each exactly as the book's separate ``tokenizer.encode`` calls give them. Only the piece that
+        holds the split point is encoded again; the rest are views of the shards (nothing is copied)."""
+        if not 0.0 < train_ratio <= 1.0:
+            raise DataError(f"The train ratio must be in (0, 1] (got {train_ratio}).")
+        split = int(train_ratio * self.characters)
+        k = int(np.searchsorted(self.char_offsets, split, side="right")) - 1
+        k = min(k, len(self.char_offsets) - 2)
+        c0 = int(self.char_offsets[k])
+        t0, t1 = int(self.token_offsets[k]), int(self.token_offsets[k + 1])
+        stream = self.tokens if isinstance(self.tokens, TokenStream) else TokenStream([np.asarray(self.tokens)])
+        n = len(stream)
         if split == c0:
-            return np.asarray(self.tokens[:t0]), np.asarray(self.tokens[t0:])
+            return stream.view(0, t0), stream.view(t0, n)
+        text = self._piece(k)
         if k > 0 and split == c0 + 1:
             # text[:split] would end on the boundary's newline, which then merges with whitespace
-            # before it ("\n\n" is one token at the end of a text): re-encode the previous chunk too.
+            # before it ("\n\n" is one token at the end of a text): re-encode the previous piece too.
+            text = self._piece(k - 1) + text
             c0, t0 = int(self.char_offsets[k - 1]), int(self.token_offsets[k - 1])
-        dtype = self.tokens.dtype
-        head = np.asarray(self.tokenizer.encode(text[c0:split]), dtype=dtype)
-        tail = np.asarray(self.tokenizer.encode(text[split:c1]), dtype=dtype)
-        return np.concatenate([self.tokens[:t0], head]), np.concatenate([tail, self.tokens[t1:]])
+        dtype = stream.dtype
+        head = np.asarray(self.tokenizer.encode(text[:split - c0]), dtype=dtype)
+        tail = np.asarray(self.tokenizer.encode(text[split - c0:]), dtype=dtype)
+        return (TokenStream.concat([stream.view(0, t0), head], dtype),
+                TokenStream.concat([tail, stream.view(t1, n)], dtype))
 
 
-def _token_dtype(vocab_size: int):
-    return np.uint16 if vocab_size <= 65536 else np.uint32
+def _text_of(tokens: Any, tokenizer: Tokenizer) -> Callable[[], str]:
+    return lambda: tokenizer.decode(np.asarray(tokens).tolist())
 
 
-def tokenize_corpus(corpus: Corpus, tokenizer: Tokenizer, progress: ProgressFn | None = None,
-                    use_cache: bool = True, num_threads: int | None = None) -> TokenizedCorpus:
-    """Tokenize (or load from the cache) the whole corpus. ``progress(done_chars, total_chars)``."""
-    key = f"{corpus.sha256[:40]}-{tokenizer.name}-v{CACHE_VERSION}"
-    cache = paths.token_cache_dir()
-    tok_path, idx_path = cache / f"{key}.tokens.npy", cache / f"{key}.chunks.npy"
-    total = len(corpus.text)
-    if use_cache and tok_path.exists() and idx_path.exists():
-        try:
-            tokens = np.load(tok_path, mmap_mode="r")
-            index = np.load(idx_path)
-            if index.ndim == 2 and index.shape[1] == 2 and int(index[-1, 1]) == tokens.shape[0]:
-                if progress:
-                    progress(total, total)
-                return TokenizedCorpus(corpus, tokenizer, tokens, index[:, 0], index[:, 1], True)
-        except (OSError, ValueError):
-            pass  # a damaged cache entry is rebuilt below
-    bounds = chunk_boundaries(corpus.text)
-    threads = num_threads or max(1, min(8, os.cpu_count() or 1))
-    dtype = _token_dtype(tokenizer.vocab_size)
-    parts: list[np.ndarray] = []
-    counts = [0]
-    group = max(1, threads * 4)
-    if progress:
-        progress(0, total)
-    for g in range(0, len(bounds) - 1, group):
-        pieces = [corpus.text[bounds[i]:bounds[i + 1]] for i in range(g, min(g + group, len(bounds) - 1))]
-        for ids in tokenizer.encode_batch(pieces, num_threads=threads):
-            parts.append(np.asarray(ids, dtype=dtype))
-            counts.append(counts[-1] + len(ids))
-        if progress:
-            progress(bounds[min(g + group, len(bounds) - 1)], total)
-    tokens = np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
-    index = np.stack([np.asarray(bounds, dtype=np.int64), np.asarray(counts, dtype=np.int64)], axis=1)
-    if use_cache:
-        for path, arr in ((tok_path, tokens), (idx_path, index)):
-            try:
-                atomic_write(path, lambda f, arr=arr: np.save(f, arr), durable=False)
-            except OSError:
-                pass  # a full or read-only cache only costs speed
-    return TokenizedCorpus(corpus, tokenizer, tokens, index[:, 0], index[:, 1], False)
+def tokenize_corpus(corpus: Corpus, tokenizer: Tokenizer, progress: Callable[[TokenizeProgress], None] | None = None,
+                    use_cache: bool = True, workers: int | None = None,
+                    cancel: threading.Event | None = None) -> TokenizedCorpus:
+    """Tokenize an in-memory corpus (or open its tokens from the cache, keyed by its text's sha256)."""
+    plan = plan_memory(corpus.text, corpus.label, corpus.source)
+    sharded = build_shards(plan, tokenizer, workers=workers, progress=progress, cancel=cancel, use_cache=use_cache)
+    return TokenizedCorpus(corpus, tokenizer, sharded.tokens, sharded.char_offsets, sharded.token_offsets,
+                           sharded.from_cache, sharded)
+
+
+def tokenize_source(settings: "DataSettings", tokenizer: Tokenizer, corpus: Any = None,
+                    progress: Callable[[TokenizeProgress], None] | None = None,
+                    cancel: threading.Event | None = None, workers: int | None = None) -> TokenizedCorpus:
+    """Tokenize (or reopen) the settings' source, streaming: its text is never held whole. ``corpus``: an
+    in-memory :class:`Corpus` to use instead, or the :class:`CorpusInfo` of data prepared before."""
+    if isinstance(corpus, Corpus):
+        plan = plan_memory(corpus.text, corpus.label, corpus.source)
+    elif isinstance(corpus, CorpusInfo) and corpus.plan is not None:
+        plan = corpus.plan
+    else:
+        plan = plan_source(settings.source, settings.text_field, settings.split)
+    sharded = build_shards(plan, tokenizer, workers=workers, progress=progress, cancel=cancel)
+    if isinstance(corpus, Corpus):
+        info: Any = corpus
+    else:
+        used = [s.name for s in sharded.sources if s.documents and not s.skipped]
+        info = CorpusInfo(plan.spec, plan.label, sharded.sha256, sharded.characters,
+                          used if plan.kind == "folder" else [], sharded.warnings, sharded.sources, plan,
+                          _text_of(sharded.tokens, tokenizer))
+    return TokenizedCorpus(info, tokenizer, sharded.tokens, sharded.char_offsets, sharded.token_offsets,
+                           sharded.from_cache, sharded)
 
 
 # --- windows and loaders ---------------------------------------------------------------------------
@@ -367,6 +379,11 @@ class PreparedData:
     stats: DatasetStats
     sources: list[SourceStats] = field(default_factory=list)  # per input: documents, characters, tokens
 
+    def preview(self, chars: int = 4000) -> str:
+        """The first ``chars`` characters of the text, decoded from the first tokens (reads no input file)."""
+        tokens = np.asarray(self.tokenized.tokens[0:min(chars, self.tokenized.n_tokens)]).tolist()
+        return self.tokenized.tokenizer.decode(tokens)[:chars]
+
     def identity(self) -> dict:
         """What a checkpoint records about its data."""
         source = self.corpus.source
@@ -376,7 +393,7 @@ class PreparedData:
             "source": source,
             "label": self.corpus.label,
             "sha256": self.corpus.sha256,
-            "characters": len(self.corpus.text),
+            "characters": self.tokenized.characters,
             "tokenizer": self.tokenized.tokenizer.name,
             "tokens": self.tokenized.n_tokens,
             "train_ratio": self.settings.train_ratio,
@@ -389,31 +406,27 @@ class PreparedData:
         }
 
 
-def prepare_data(settings: DataSettings, tokenizer: Tokenizer, corpus: Corpus | None = None,
+def prepare_data(settings: DataSettings, tokenizer: Tokenizer, corpus: Any = None,
                  progress: Callable[[TokenizeProgress], None] | None = None, strict: bool = True,
-                 cancel: threading.Event | None = None) -> PreparedData:
-    """Read, tokenize (cached), split and window a corpus; build the two loaders and the stats.
-    With ``strict``, a corpus too small for the settings raises DataError with the book's advice."""
+                 cancel: threading.Event | None = None, workers: int | None = None) -> PreparedData:
+    """Tokenize (or reopen from the cache), split and window a corpus; build the two loaders and the stats.
+    The text is streamed from its files into token shards (see :mod:`gpttui.core.shards`); ``corpus`` gives an
+    in-memory :class:`Corpus` instead. ``progress(TokenizeProgress)`` reports the tokenizing, ``cancel`` stops
+    it (:class:`Cancelled`). With ``strict``, a corpus too small for the settings raises DataError with the
+    book's advice."""
     s = settings.validate()
-    corpus = corpus or read_corpus(s.source)
-    t0 = time.monotonic()
-
-    def chars_progress(done: int, total: int) -> None:  # interim, until the sharded tokenizer lands
-        if cancel is not None and cancel.is_set():
-            raise Cancelled("Tokenizing was cancelled.")
-        if progress:
-            progress(TokenizeProgress("tokenizing", done, total, 0, time.monotonic() - t0))
-
-    tokenized = tokenize_corpus(corpus, tokenizer, progress=chars_progress)
+    tokenized = tokenize_source(s, tokenizer, corpus, progress=progress, cancel=cancel, workers=workers)
+    corpus = tokenized.corpus
+    characters = tokenized.characters
     train, val = tokenized.split(s.train_ratio)
     train_w = TokenWindows(train, s.context_length, s.effective_stride)
     val_w = TokenWindows(val, s.context_length, s.effective_stride)
     train_loader = BatchLoader(train_w, s.batch_size, shuffle=True, drop_last=True, seed=s.seed)
     val_loader = BatchLoader(val_w, s.batch_size, shuffle=False, drop_last=False, seed=s.seed)
-    split_char = int(s.train_ratio * len(corpus.text))
+    split_char = int(s.train_ratio * characters)
     stats = DatasetStats(
-        characters=len(corpus.text), tokens=tokenized.n_tokens,
-        train_characters=split_char, val_characters=len(corpus.text) - split_char,
+        characters=characters, tokens=tokenized.n_tokens,
+        train_characters=split_char, val_characters=characters - split_char,
         train_tokens=len(train), val_tokens=len(val),
         train_windows=len(train_w), val_windows=len(val_w),
         train_batches=len(train_loader), val_batches=len(val_loader),
@@ -425,7 +438,8 @@ def prepare_data(settings: DataSettings, tokenizer: Tokenizer, corpus: Corpus | 
         stats.warnings.append("Vocabulary above 65,536: tokens are stored as uint32.")
     if strict and stats.problems:
         raise DataError("\n".join(stats.problems))
-    return PreparedData(s, corpus, tokenized, train, val, train_loader, val_loader, stats)
+    sources = tokenized.sharded.sources if tokenized.sharded is not None else []
+    return PreparedData(s, corpus, tokenized, train, val, train_loader, val_loader, stats, sources)
 
 
 def corpus_fingerprint(spec: str) -> str:
