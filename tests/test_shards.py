@@ -199,6 +199,8 @@ def test_reopening_stats_the_files_and_reads_no_text(tmp_path, gpttui_home):
     os.utime(path, ns=(stamp.st_atime_ns, stamp.st_mtime_ns + 1_000_000_000))
     rebuilt = S.build_shards(plan_source(str(path)), tok)
     assert not rebuilt.from_cache and rebuilt.tokens.tolist() == tok.encode("A new story!!\n" * 500)
+    entries = [p for p in (gpttui_home / "cache" / "tokens").iterdir() if p.is_dir()]
+    assert entries == [rebuilt.directory]  # the old build of this file is gone: it could never open again
 
 
 def test_empty_text_is_refused_and_leaves_nothing(gpttui_home):

@@ -355,6 +355,7 @@ class _Writer:
         self.index: list[list[int]] = [list(x) for x in r.get("index", [[0, 0]])]
         self.per_input: dict[int, int] = {int(k): v for k, v in r.get("per_input", {}).items()}
         self.resumed_tasks = self.tasks
+        self.owner: dict = {}  # what the build is of (see _owner), so a stale one can be found and removed
         self._file = None
         self._open_tokens = 0
 
@@ -394,7 +395,7 @@ class _Writer:
         name = f"shard-{len(self.shards):05d}.bin"
         os.replace(self._tmp, self.directory / name)
         self.shards.append({"file": name, "tokens": self._open_tokens})
-        state = {"key": self.key, "shards": self.shards, "tasks": self.tasks, "characters": self.chars,
+        state = {"key": self.key, "owner": self.owner, "shards": self.shards, "tasks": self.tasks, "characters": self.chars,
                  "tokens": self.tokens, "index": self.index, "per_input": self.per_input}
         atomic_write(self.directory / "partial.json", json.dumps(state).encode(), durable=False)
 
@@ -559,6 +560,7 @@ def _build(plan: Any, tokenizer: Any, key: str, directory: Path, resume: dict | 
     warnings: list[str] = []
     reading = _Reading()
     writer = _Writer(directory, key, dtype, shard_tokens, resume)
+    writer.owner = _owner(plan, tokenizer.name)
     started = time.monotonic()
     last_report = 0.0
 
@@ -620,7 +622,7 @@ def _build(plan: Any, tokenizer: Any, key: str, directory: Path, resume: dict | 
         "dtype": dtype.name, "spec": plan.spec, "label": plan.label, "kind": plan.kind,
         "sha256": reading.sha.hexdigest(), "characters": writer.chars, "tokens": writer.tokens,
         "shards": writer.shards, "sources": [s.to_dict() for s in stats], "warnings": warnings,
-        "seconds": round(time.monotonic() - started, 3), "workers": workers,
+        "seconds": round(time.monotonic() - started, 3), "workers": workers, "owner": writer.owner,
     }
     try:
         atomic_write(directory / "index.npy", lambda f: np.save(f, np.asarray(writer.index, dtype=np.int64)),
@@ -635,12 +637,42 @@ def _build(plan: Any, tokenizer: Any, key: str, directory: Path, resume: dict | 
     except FileNotFoundError:
         pass
     report("done", force=True)
+    _prune(directory, writer.owner)
     built = _load(directory, key)
     if built is None:
         raise DataError(f"The token shards just written in {directory} do not read back; delete that folder and "
                         "try again.")
     built.from_cache = False
     return built
+
+
+def _owner(plan: Any, tokenizer_name: str) -> dict:
+    """What a build is of, apart from the inputs' sizes and times: its source, options and tokenizer."""
+    if plan.kind == "memory":
+        return {}
+    return {"spec": os.path.abspath(os.path.expanduser(plan.spec)) if plan.kind in ("file", "folder") else plan.spec,
+            "tokenizer": tokenizer_name, "text_field": plan.text_field, "split": plan.split}
+
+
+def _prune(keep: Path, owner: dict) -> None:
+    """Remove the token cache's older builds of the same source (its files have changed since: they can never
+    be opened again), and the pre-shards cache files. Caches only: nothing the user made."""
+    root = keep.parent
+    for old in list(root.glob("*.tokens.npy")) + list(root.glob("*.chunks.npy")):
+        old.unlink(missing_ok=True)
+    if not owner:
+        return
+    for entry in root.iterdir():
+        if entry == keep or not entry.is_dir():
+            continue
+        for name in ("manifest.json", "partial.json"):
+            try:
+                if json.loads((entry / name).read_text(encoding="utf-8")).get("owner") == owner:
+                    shutil.rmtree(entry, ignore_errors=True)
+                    (root / f"{entry.name}.lock").unlink(missing_ok=True)
+                break
+            except (OSError, ValueError, AttributeError):
+                continue
 
 
 def _cancel_message(directory: Path, writer: _Writer) -> str:
