@@ -387,7 +387,7 @@ class PreparedData:
     def identity(self) -> dict:
         """What a checkpoint records about its data."""
         source = self.corpus.source
-        if source and not source.startswith("builtin:"):  # resumable from any working directory
+        if source and not source.startswith(("builtin:", "hf:")):  # resumable from any working directory
             source = os.path.abspath(os.path.expanduser(source))
         return {
             "source": source,
