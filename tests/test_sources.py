@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-import stat
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -441,19 +442,36 @@ def test_plan_refuses_what_the_old_reader_refused_before_opening(tmp_path):
         S.plan_source("builtin:pydoc-20k", text_field=" ")
 
 
-@pytest.mark.skipif(os.geteuid() == 0 if hasattr(os, "geteuid") else True,
-                    reason="needs a non-root POSIX user (root reads files without permission)")
-def test_an_unreadable_file_is_planned_but_not_read(tmp_path):
-    p = tmp_path / "secret.txt"
-    p.write_text("text", encoding="utf-8")
-    p.chmod(0)
+@pytest.mark.skipif(not hasattr(os, "geteuid"), reason="needs POSIX file permissions")
+def test_an_unreadable_file_is_planned_but_not_read():
+    """Planning stats the file (size, time) without reading it; reading it says permission denied. Root reads
+    any file, so as root the check runs in a child process that has given up root (uid/gid 65534, nobody)."""
+    folder = Path(tempfile.mkdtemp(prefix="gpttui-perm-"))
     try:
-        plan = S.plan_source(p)
-        assert plan.inputs[0].size == 4
-        with pytest.raises(DataError, match=r"cannot be read \(permission denied\)"):
-            S.read_corpus(p)
+        folder.chmod(0o755)  # the child may look into it, not read the file
+        p = folder / "secret.txt"
+        p.write_text("text", encoding="utf-8")
+        p.chmod(0)
+        script = f"""
+import os, sys
+sys.path.insert(0, {str(REPO)!r})
+from gpttui.core import sources as S  # imported first: the interpreter's own files may be root's only
+from gpttui.core.errors import DataError
+if os.geteuid() == 0:
+    os.setgroups([]); os.setgid(65534); os.setuid(65534)
+plan = S.plan_source({str(p)!r})
+print("size", plan.inputs[0].size)
+try:
+    S.read_corpus({str(p)!r})
+except DataError as exc:
+    print(exc)
+"""
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                             env={**os.environ, "GPTTUI_HOME": str(folder / "home")}, cwd=folder)
+        assert out.returncode == 0, out.stderr
+        assert "size 4" in out.stdout and "cannot be read (permission denied)" in out.stdout
     finally:
-        p.chmod(stat.S_IRUSR | stat.S_IWUSR)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 # --- Hugging Face datasets ---------------------------------------------------------------------------------

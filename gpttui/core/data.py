@@ -163,7 +163,8 @@ def tokenize_source(settings: "DataSettings", tokenizer: Tokenizer, corpus: Any 
         info: Any = corpus
     else:
         used = [s.name for s in sharded.sources if s.documents and not s.skipped]
-        info = CorpusInfo(plan.spec, plan.label, sharded.sha256, sharded.characters,
+        label = f"{Path(plan.spec).expanduser().name}/ ({len(used)} files)" if plan.kind == "folder" else plan.label
+        info = CorpusInfo(plan.spec, label, sharded.sha256, sharded.characters,
                           used if plan.kind == "folder" else [], sharded.warnings, sharded.sources, plan,
                           _text_of(sharded.tokens, tokenizer))
     return TokenizedCorpus(info, tokenizer, sharded.tokens, sharded.char_offsets, sharded.token_offsets,
