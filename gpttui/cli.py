@@ -29,7 +29,8 @@ def _data_settings(args: argparse.Namespace, defaults: dict[str, Any] | None = N
     given = {"source": getattr(args, "data", None), "tokenizer": getattr(args, "tokenizer", None),
              "context_length": getattr(args, "context_length", None), "stride": None if stride == OFF else stride,
              "batch_size": getattr(args, "batch_size", None), "train_ratio": getattr(args, "train_ratio", None),
-             "seed": _first(getattr(args, "data_seed", None), getattr(args, "seed", None))}
+             "seed": _first(getattr(args, "data_seed", None), getattr(args, "seed", None)),
+             "text_field": getattr(args, "text_field", None), "split": getattr(args, "split", None)}
     settings = data_settings_for(given, defaults)
     return replace(settings, stride=None) if stride == OFF else settings
 
@@ -39,16 +40,21 @@ def _first(*values: Any) -> Any:
 
 
 def cmd_data_stats(args: argparse.Namespace) -> int:
-    from gpttui.core.data import prepare_data
+    from gpttui.cli_progress import cancelled_exit, prepare_with_progress, source_table_lines, wants_source_table
+    from gpttui.core.corpus_types import Cancelled
     from gpttui.core.tokenizer import get_tokenizer
 
     out = Out()
     settings = _data_settings(args)
     tokenizer = get_tokenizer(settings.tokenizer)
-    prepared = prepare_data(settings, tokenizer, strict=False)
-    s = prepared.stats
+    try:
+        prepared = prepare_with_progress(settings, tokenizer, out, strict=False)
+    except Cancelled as exc:
+        return cancelled_exit(exc, out)
+    s, sources = prepared.stats, prepared.sources
     if args.json:
-        out(json.dumps({"source": prepared.corpus.source, "settings": settings.__dict__, **s.to_dict()}))
+        out(json.dumps({"source": prepared.corpus.source, "settings": settings.__dict__, **s.to_dict(),
+                        "sources": [x.to_dict() for x in sources]}))
         return 0 if s.ok else 1
     out(f"Source       {prepared.corpus.label}  ({prepared.corpus.source})")
     out(f"Tokenizer    {tokenizer.name}  ({getattr(tokenizer, 'source', '')})")
@@ -58,6 +64,8 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
         f"(context {settings.context_length}, stride {settings.effective_stride})")
     out(f"Batches      train {s.train_batches:,} / val {s.val_batches:,} per epoch   (batch {settings.batch_size})")
     out(f"Tokens/epoch {s.tokens_per_epoch:,}")
+    for line in source_table_lines(sources) if wants_source_table(sources) else ():
+        out(line)
     for w in s.warnings:
         out(f"warning: {w}")
     for p in s.problems:
@@ -175,9 +183,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace, dist) -> int:
     """`gpttui train` in this process: alone, or as one of torchrun's (``dist``); rank 0 prints."""
+    from gpttui.cli_progress import cancelled_exit, prepare_with_progress
     from gpttui.core import distributed
     from gpttui.core.control import TrainControl
-    from gpttui.core.data import prepare_data
+    from gpttui.core.corpus_types import Cancelled
     from gpttui.core.events import FailedEvent
     from gpttui.core.resources import preflight_training
     from gpttui.core.tokenizer import get_tokenizer
@@ -204,7 +213,10 @@ def _train(args: argparse.Namespace, dist) -> int:
     distributed.start(dist, config.device)
     if not dist.main:  # rank 0 tokenizes first; the others then read its cache
         distributed.barrier(dist)
-    prepared = prepare_data(settings, tokenizer, progress=None)
+    try:  # rank 0: progress on stderr, and Ctrl+C cancels the tokenizing (the shards done are kept)
+        prepared = prepare_with_progress(settings, tokenizer, out, report=dist.main)
+    except Cancelled as exc:
+        return cancelled_exit(exc, out)
     if dist.main:
         distributed.barrier(dist)
     for w in prepared.stats.warnings:
@@ -448,7 +460,11 @@ def _or_off(kind):
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", help="text file, folder of .txt/.md, or builtin:pydoc (default)")
+    p.add_argument("--data", help="a text, .jsonl or .parquet file, a folder of them, a Hugging Face dataset, "
+                                  "or builtin:pydoc (default)")
+    p.add_argument("--text-field", metavar="NAME",
+                   help=".jsonl field / .parquet or dataset column holding the text (default text)")
+    p.add_argument("--split", metavar="NAME", help="a Hugging Face dataset's split (default train)")
     p.add_argument("--tokenizer", choices=["gpt2", "bytes"], help="default gpt2")
     p.add_argument("--context-length", type=int,
                    help="tokens per window (default: the model's context; 256 for data stats)")
