@@ -205,6 +205,7 @@ def _train(args: argparse.Namespace, dist) -> int:
         shape = _run_shape(args)
         settings = _data_settings(args, {"context_length": shape.context_length})
     config = _train_config(args, meta)
+    config.validate()  # a typo in --lr is refused at once, not after minutes of tokenizing
     plan = None
     if shape is not None:  # refused with the numbers before anything is built
         plan = preflight_training(shape.model_config, settings.batch_size, config.device, settings.context_length,
