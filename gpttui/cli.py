@@ -40,37 +40,9 @@ def _first(*values: Any) -> Any:
 
 
 def cmd_data_stats(args: argparse.Namespace) -> int:
-    from gpttui.cli_progress import cancelled_exit, prepare_with_progress, source_table_lines, wants_source_table
-    from gpttui.core.corpus_types import Cancelled
-    from gpttui.core.tokenizer import get_tokenizer
+    from gpttui.cli_progress import data_stats
 
-    out = Out()
-    settings = _data_settings(args)
-    tokenizer = get_tokenizer(settings.tokenizer)
-    try:
-        prepared = prepare_with_progress(settings, tokenizer, out, strict=False)
-    except Cancelled as exc:
-        return cancelled_exit(exc, out)
-    s, sources = prepared.stats, prepared.sources
-    if args.json:
-        out(json.dumps({"source": prepared.corpus.source, "settings": settings.__dict__, **s.to_dict(),
-                        "sources": [x.to_dict() for x in sources]}))
-        return 0 if s.ok else 1
-    out(f"Source       {prepared.corpus.label}  ({prepared.corpus.source})")
-    out(f"Tokenizer    {tokenizer.name}  ({getattr(tokenizer, 'source', '')})")
-    out(f"Characters   {s.characters:,}   (train {s.train_characters:,} / val {s.val_characters:,})")
-    out(f"Tokens       {s.tokens:,}   (train {s.train_tokens:,} / val {s.val_tokens:,})")
-    out(f"Windows      train {s.train_windows:,} / val {s.val_windows:,}   "
-        f"(context {settings.context_length}, stride {settings.effective_stride})")
-    out(f"Batches      train {s.train_batches:,} / val {s.val_batches:,} per epoch   (batch {settings.batch_size})")
-    out(f"Tokens/epoch {s.tokens_per_epoch:,}")
-    for line in source_table_lines(sources) if wants_source_table(sources) else ():
-        out(line)
-    for w in s.warnings:
-        out(f"warning: {w}")
-    for p in s.problems:
-        out(f"error: {p}")
-    return 0 if s.ok else 1
+    return data_stats(args, _data_settings(args), Out())
 
 
 def cmd_tokenizer_import(args: argparse.Namespace) -> int:

@@ -1,4 +1,5 @@
-"""Tokenizing a corpus on the command line: progress, Ctrl+C, the summary, and the per-source table.
+"""Tokenizing a corpus on the command line: progress, Ctrl+C, the summary; and `gpttui data stats` with its
+per-source table.
 
 A corpus of gigabytes takes minutes to tokenize; a silent terminal in the meantime looks hung. On a terminal
 a rich progress bar on stderr (it disappears when done); in a log (not a terminal: `nohup`, CI, a detached
@@ -228,7 +229,44 @@ def cancelled_exit(exc: Exception, out) -> int:
     return getattr(exc, "exit_code", EXIT_CANCELLED)
 
 
-# --- `gpttui data stats`: per-source counts ------------------------------------------------------------
+# --- `gpttui data stats` -------------------------------------------------------------------------------
+
+def data_stats(args, settings, out) -> int:
+    """`gpttui data stats`: the numbers, the per-source table, the checks (or all of it as one JSON object);
+    exit 1 when the checks fail, 130 when the tokenizing was cancelled."""
+    import json
+
+    from gpttui.core.corpus_types import Cancelled
+    from gpttui.core.tokenizer import get_tokenizer
+
+    tokenizer = get_tokenizer(settings.tokenizer)
+    try:
+        prepared = prepare_with_progress(settings, tokenizer, out, strict=False)
+    except Cancelled as exc:
+        return cancelled_exit(exc, out)
+    s, sources = prepared.stats, prepared.sources
+    if args.json:
+        out(json.dumps({"source": prepared.corpus.source, "settings": settings.__dict__, **s.to_dict(),
+                        "sources": [x.to_dict() for x in sources]}))
+        return 0 if s.ok else 1
+    out(f"Source       {prepared.corpus.label}  ({prepared.corpus.source})")
+    out(f"Tokenizer    {tokenizer.name}  ({getattr(tokenizer, 'source', '')})")
+    out(f"Characters   {s.characters:,}   (train {s.train_characters:,} / val {s.val_characters:,})")
+    out(f"Tokens       {s.tokens:,}   (train {s.train_tokens:,} / val {s.val_tokens:,})")
+    out(f"Windows      train {s.train_windows:,} / val {s.val_windows:,}   "
+        f"(context {settings.context_length}, stride {settings.effective_stride})")
+    out(f"Batches      train {s.train_batches:,} / val {s.val_batches:,} per epoch   (batch {settings.batch_size})")
+    out(f"Tokens/epoch {s.tokens_per_epoch:,}")
+    for line in source_table_lines(sources) if wants_source_table(sources) else ():
+        out(line)
+    for w in s.warnings:
+        out(f"warning: {w}")
+    for p in s.problems:
+        out(f"error: {p}")
+    return 0 if s.ok else 1
+
+
+# -- its per-source table
 
 def sources_ordered(sources: list) -> list:
     """Skipped inputs first (they must not hide below a long list), then the others in reading order."""
@@ -265,6 +303,6 @@ def source_table_lines(sources: list, limit: int = MAX_SOURCE_ROWS) -> list[str]
     return lines
 
 
-__all__ = ["EXIT_CANCELLED", "TokenizeReporter", "bar_fields", "cancelled_exit", "plain_line",
+__all__ = ["EXIT_CANCELLED", "TokenizeReporter", "bar_fields", "cancelled_exit", "data_stats", "plain_line",
            "prepare_with_progress", "rate_text", "size_pair", "source_label", "source_table_lines", "sources_ordered",
            "summary_line", "wants_source_table"]
