@@ -207,9 +207,12 @@ def test_tokenize_equals_whole_encode(name, gpt2_tokenizer):
 
 def test_tokenize_reports_progress(pydoc):
     seen = []
-    D.tokenize_corpus(pydoc, ByteTokenizer(), progress=lambda done, total: seen.append((done, total)))
-    assert seen[0] == (0, len(pydoc.text)) and seen[-1] == (len(pydoc.text), len(pydoc.text))
-    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+    D.tokenize_corpus(pydoc, ByteTokenizer(), progress=seen.append)
+    size = len(pydoc.text.encode())
+    assert (seen[0].phase, seen[0].done_bytes, seen[0].total_bytes) == ("reading", 0, size)
+    assert (seen[-1].phase, seen[-1].done_bytes, seen[-1].tokens) == ("done", size, len(ByteTokenizer().encode(pydoc.text)))
+    assert [p.done_bytes for p in seen] == sorted(p.done_bytes for p in seen)
+    assert seen[-1].fraction == 1.0 and seen[-1].eta == 0.0
 
 
 SMALL_TEXT = (
@@ -296,8 +299,8 @@ def test_split_rejects_bad_ratio(pydoc):
 def test_cache_is_used_and_damage_is_rebuilt(pydoc, gpt2_tokenizer, gpttui_home):
     first = D.tokenize_corpus(pydoc, gpt2_tokenizer)
     assert not first.from_cache
-    files = sorted(p for p in (gpttui_home / "cache").rglob("*") if p.is_file())
-    assert [p.name.split(".", 1)[1] for p in files] == ["chunks.npy", "tokens.npy"]
+    (entry,) = [p for p in (gpttui_home / "cache" / "tokens").iterdir() if p.is_dir()]
+    assert sorted(p.name for p in entry.iterdir()) == ["index.npy", "manifest.json", "shard-00000.bin"]
     second = D.tokenize_corpus(pydoc, gpt2_tokenizer)
     assert second.from_cache
     assert np.array_equal(second.tokens, first.tokens)
@@ -305,19 +308,24 @@ def test_cache_is_used_and_damage_is_rebuilt(pydoc, gpt2_tokenizer, gpttui_home)
     assert np.array_equal(second.token_offsets, first.token_offsets)
     # The bytes tokenizer has its own entry.
     assert not D.tokenize_corpus(pydoc, ByteTokenizer()).from_cache
-    chunks, tokens = files
+    expected = np.array(first.tokens)  # off the shard: damaging a mapped file in place would pull it away
+    del first, second
+    shard, index, manifest = entry / "shard-00000.bin", entry / "index.npy", entry / "manifest.json"
     for damage in (
-        lambda: tokens.write_bytes(tokens.read_bytes()[: tokens.stat().st_size // 2]),  # truncated
-        lambda: tokens.write_bytes(b"garbage" * 10),
-        lambda: chunks.write_bytes(b"\x93NUMPY nonsense"),
-        lambda: np.save(chunks, np.array([[0, 0], [len(pydoc.text), 5]])),  # counts disagree
+        lambda: shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2]),  # truncated
+        lambda: shard.unlink(),
+        lambda: index.write_bytes(b"\x93NUMPY nonsense"),
+        lambda: np.save(index, np.array([[0, 0], [len(pydoc.text), 5]])),  # counts disagree
+        lambda: manifest.write_text("{not json"),
+        lambda: manifest.unlink(),
     ):
         damage()
         rebuilt = D.tokenize_corpus(pydoc, gpt2_tokenizer)
         assert not rebuilt.from_cache
-        assert np.array_equal(rebuilt.tokens, first.tokens)
+        assert np.array_equal(rebuilt.tokens, expected)
+        del rebuilt
         assert D.tokenize_corpus(pydoc, gpt2_tokenizer).from_cache
-    assert not list((gpttui_home / "cache").rglob("*.tmp"))
+    assert not list((gpttui_home / "cache").rglob("*.tmp*"))
 
 
 def test_cache_key_follows_the_text():

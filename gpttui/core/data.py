@@ -2,8 +2,10 @@
 
 - ``read_corpus(spec)``: a text file, a folder of .txt/.md (documents joined by <|endoftext|>), or
   ``builtin:pydoc``.
-- ``tokenize_corpus(corpus, tokenizer)``: tokenized once, in line-aligned chunks on several threads,
-  stored as a compact token file keyed by content hash + tokenizer; reopening does not re-tokenize.
+- ``tokenize_source(settings, tokenizer)``: the source streamed into token shards by a pool of worker
+  processes (:mod:`gpttui.core.shards`), keyed by the inputs' fingerprint; reopening reads no text. The
+  shards are read through memory maps (:class:`~gpttui.core.tokenstream.TokenStream`); the book's split
+  at a character re-encodes only the ~64k characters around it.
 - ``TokenWindows``: the book's ``GPTDatasetV1`` windows (starts ``range(0, n - max_length, stride)``,
   targets shifted by one), sliced on the fly: memory O(tokens), not O(windows x length).
 - ``BatchLoader``: the book's loaders (train shuffled with drop_last, val neither), seeded per epoch so
@@ -12,13 +14,10 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
-import stat
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -26,279 +25,149 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from gpttui.core import paths
-from gpttui.core.corpus_types import Cancelled, SourceStats, TokenizeProgress
+from gpttui.core.corpus_types import Cancelled, SourceStats  # noqa: F401 (Cancelled: for callers)
+from gpttui.core.corpus_types import TokenizeProgress
 from gpttui.core.errors import DataError
-from gpttui.core.fileio import atomic_write
-from gpttui.core.tokenizer import ENDOFTEXT, Tokenizer
+from gpttui.core.shards import INDEX_CHARS, ShardedCorpus, build_shards, chunk_boundaries  # noqa: F401
+from gpttui.core.sources import plan_memory, plan_source
+from gpttui.core.tokenizer import Tokenizer
+from gpttui.core.tokenstream import TokenStream
 
-BUILTIN_SOURCES = {
-    "builtin:pydoc": "Python's reference manual topics, shipped in every CPython (~465k characters)",
-    "builtin:pydoc-20k": "the first ~20k characters of builtin:pydoc, the size of the book's short story",
-}
-TEXT_SUFFIXES = {".txt", ".md"}
-MAX_REPLACED_FRACTION = 0.01  # refuse a file when more than 1% of its bytes are not UTF-8
-CHUNK_CHARS = 1 << 16
-CACHE_VERSION = 2  # 2: boundaries no longer cut before <|endoftext|>
-
-ProgressFn = Callable[[int, int], None]
+CHUNK_CHARS = INDEX_CHARS  # the split re-encodes at most about this many characters
 
 
-# --- reading ---------------------------------------------------------------------------------------
+# --- reading: gpttui.core.sources (re-exported: the app, the CLI, tests and benchmarks import them here) ---
+
+from gpttui.core.sources import (  # noqa: E402
+    BUILTIN_SOURCES, MAX_REPLACED_FRACTION, TEXT_SUFFIXES, Corpus, _builtin_pydoc, _not_regular, _read_regular,
+    read_corpus,
+)
+
+_REEXPORTED = (BUILTIN_SOURCES, MAX_REPLACED_FRACTION, TEXT_SUFFIXES, _builtin_pydoc, _not_regular, _read_regular,
+               read_corpus)
+
+
+# --- tokenizing: shards on disk, read through memory maps ------------------------------------------
 
 @dataclass
-class Corpus:
+class CorpusInfo:
+    """What prepared data knows of its text without holding it: where it came from, its sha256 and length,
+    the inputs it was read from (with their counts) and what was noted while reading."""
+
     source: str
     label: str
-    text: str
-    n_files: int = 1
-    replaced_bytes: int = 0
+    sha256: str
+    characters: int
+    files: list[str] = field(default_factory=list)  # a folder's inputs that gave text, relative to it, in order
     warnings: list[str] = field(default_factory=list)
-    files: list[str] = field(default_factory=list)  # a folder's joined files, relative to it, in order
+    sources: list[SourceStats] = field(default_factory=list)
+    plan: Any = field(default=None, repr=False)  # the SourcePlan (how to read it again)
+    _text: Callable[[], str] | None = field(default=None, repr=False)
 
     @property
-    def sha256(self) -> str:
-        if not hasattr(self, "_sha"):
-            self._sha = hashlib.sha256(self.text.encode("utf-8", errors="surrogatepass")).hexdigest()
-        return self._sha
+    def n_files(self) -> int:
+        return max(1, len(self.files))
 
+    @property
+    def replaced_bytes(self) -> int:
+        return sum(s.replaced_bytes for s in self.sources)
 
-def _decode(path: Path, data: bytes) -> tuple[str, int]:
-    """UTF-8 text of a file, and how many bytes were replaced; DataError for binary files."""
-    if b"\x00" in data[:65536]:
-        raise DataError(f"{path} looks like a binary file (it contains NUL bytes), not text.")
-    text = data.decode("utf-8", errors="replace")
-    replaced = text.count("\ufffd") - data.count("\ufffd".encode())
-    if replaced and replaced > MAX_REPLACED_FRACTION * len(data):
-        raise DataError(
-            f"{path} is not UTF-8 text: {replaced:,} of its {len(data):,} bytes are not valid UTF-8. "
-            f"Convert it first, e.g. `iconv -f latin1 -t utf-8 {path.name} > {path.stem}.utf8.txt`."
-        )
-    if text.startswith("\ufeff"):
-        text = text[1:]
-    return text, replaced
-
-
-_FILE_KINDS = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-               (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"))
-
-
-def _not_regular(path: Path, mode: int) -> DataError:
-    kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
-    return DataError(f"{path} is {kind}, not a text file: give a regular text file, a folder of .txt/.md "
-                     "files, or builtin:pydoc.")
-
-
-def _read_regular(path: Path) -> bytes:
-    """The bytes of a regular file. Anything else (a device such as /dev/zero, which never ends; a FIFO,
-    which blocks until a writer comes) is refused by its ``stat`` before it is opened, and again by
-    ``fstat`` once open (without blocking: O_NONBLOCK), in case the path was swapped in between."""
-    mode = os.stat(path).st_mode
-    if not stat.S_ISREG(mode):
-        raise _not_regular(path, mode)
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise _not_regular(path, mode)
-        with os.fdopen(fd, "rb") as f:
-            fd = -1
-            return f.read()
-    finally:
-        if fd >= 0:
-            os.close(fd)
-
-
-def _builtin_pydoc() -> str:
-    from pydoc_data import topics
-
-    return "\n\n".join(topics.topics[k].strip() for k in sorted(topics.topics)) + "\n"
-
-
-def read_corpus(spec: str | os.PathLike) -> Corpus:
-    """Read a corpus: a text file, a folder of .txt/.md files, or a ``builtin:`` name."""
-    spec = str(spec).strip()
-    if not spec:
-        raise DataError("No data source given: name a text file, a folder, or builtin:pydoc.")
-    if spec.startswith("builtin:"):
-        if spec == "builtin:pydoc":
-            return Corpus(spec, "Python reference topics (built in)", _builtin_pydoc())
-        if spec == "builtin:pydoc-20k":
-            text = _builtin_pydoc()
-            return Corpus(spec, "Python reference topics, first 20k characters (built in)",
-                          text[:text.index("\n", 20_479) + 1])
-        raise DataError(f"Unknown built-in corpus {spec!r}; available: {', '.join(BUILTIN_SOURCES)}.")
-    path = Path(spec).expanduser()
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        raise DataError(f"{path} does not exist.") from None
-    except PermissionError:
-        raise DataError(f"{path} cannot be read (permission denied).") from None
-    except OSError as exc:
-        raise DataError(f"{path} cannot be read: {exc.strerror or exc}.") from None
-    except ValueError:  # e.g. a NUL character in the name
-        raise DataError(f"{spec!r} is not a valid path.") from None
-    if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
-        raise _not_regular(path, mode)
-    try:
-        if stat.S_ISDIR(mode):
-            return _read_folder(spec, path)
-        data = _read_regular(path)
-    except PermissionError:
-        raise DataError(f"{path} cannot be read (permission denied).") from None
-    except OSError as exc:
-        raise DataError(f"{path} cannot be read: {exc.strerror or exc}.") from None
-    if not data.strip():
-        raise DataError(f"{path} is empty." if not data else f"{path} holds only whitespace.")
-    text, replaced = _decode(path, data)
-    corpus = Corpus(spec, path.name, text, 1, replaced)
-    if replaced:
-        corpus.warnings.append(f"{replaced:,} bytes that are not valid UTF-8 were replaced with U+FFFD.")
-    return corpus
-
-
-def _read_folder(spec: str, root: Path) -> Corpus:
-    files = sorted(
-        p for p in root.rglob("*")
-        if p.suffix.lower() in TEXT_SUFFIXES and p.is_file()
-        and not any(part.startswith(".") for part in p.relative_to(root).parts)
-    )
-    if not files:
-        raise DataError(f"{root} holds no .txt or .md files (searched recursively).")
-    docs, names, warnings, replaced = [], [], [], 0
-    for p in files:
-        try:
-            data = _read_regular(p)
-            if not data.strip():
-                continue
-            text, r = _decode(p, data)
-        except DataError as exc:
-            warnings.append(f"skipped {p.relative_to(root)}: {exc}")
-            continue
-        except OSError as exc:
-            warnings.append(f"skipped {p.relative_to(root)}: {exc.strerror or exc}")
-            continue
-        replaced += r
-        docs.append(text)
-        names.append(p.relative_to(root).as_posix())
-    if not docs:
-        raise DataError(f"{root} has {len(files)} .txt/.md files but none holds usable text.")
-    if replaced:
-        warnings.append(f"{replaced:,} bytes that are not valid UTF-8 were replaced with U+FFFD.")
-    return Corpus(spec, f"{root.name}/ ({len(docs)} files)", ENDOFTEXT.join(docs), len(docs), replaced, warnings,
-                  names)
-
-
-# --- tokenizing, with a cache ----------------------------------------------------------------------
-
-def chunk_boundaries(text: str, target: int = CHUNK_CHARS) -> list[int]:
-    """Character offsets (0 ... len) at which the text can be cut without changing its tokens:
-    just before a newline that is followed by a non-space character.
-
-    GPT-2's pre-tokenizer splits a whitespace run that precedes a non-space character before the
-    run's last character (``\\s+(?!\\S)`` backs off by one), and only a literal space can join the
-    word after it. So a cut before such a newline falls on a piece boundary, and encoding the two
-    sides separately gives exactly the tokens of the whole text."""
-    bounds = [0]
-    n = len(text)
-    pos = target
-    while pos < n:
-        i = text.find("\n", pos)
-        # Not before whitespace, nor before <|endoftext|>: special tokens are split off first, so
-        # for the pre-tokenizer the text ends there (a cut in "\n\n<|endoftext|>" would split 628).
-        while i != -1 and i + 1 < n and (text[i + 1].isspace() or text.startswith(ENDOFTEXT, i + 1)):
-            i = text.find("\n", i + 1)
-        if i == -1 or i + 1 >= n:
-            break
-        bounds.append(i)
-        pos = i + target
-    bounds.append(n)
-    return bounds
+    @property
+    def text(self) -> str:
+        """The whole text, decoded from its tokens: for small corpora (tests, the book's tools) only."""
+        return self._text() if self._text is not None else ""
 
 
 @dataclass
 class TokenizedCorpus:
-    corpus: Corpus
+    corpus: Any  # a Corpus (with its text) or a CorpusInfo
     tokenizer: Tokenizer
-    tokens: np.ndarray  # all tokens, uint16 when the vocabulary fits
-    char_offsets: np.ndarray  # chunk starts in characters (n_chunks + 1)
-    token_offsets: np.ndarray  # chunk starts in tokens (n_chunks + 1)
+    tokens: Any  # a TokenStream over the shards (or a NumPy array): uint16 when the vocabulary fits
+    char_offsets: np.ndarray  # safe cuts in characters (first 0, last the text's length)
+    token_offsets: np.ndarray  # the same cuts in tokens
     from_cache: bool = False
+    sharded: ShardedCorpus | None = None
 
     @property
     def n_tokens(self) -> int:
         return int(self.tokens.shape[0])
 
-    def split(self, train_ratio: float) -> tuple[np.ndarray, np.ndarray]:
-        """Token ids of ``text[:split]`` and ``text[split:]`` with ``split = int(ratio * chars)``,
-        each exactly as the book's separate ``tokenizer.encode`` calls give them. Only the chunk that
-        holds the split point is encoded again."""
-        if not 0.0 < train_ratio <= 1.0:
-            raise DataError(f"The train ratio must be in (0, 1] (got {train_ratio}).")
-        text = self.corpus.text
-        split = int(train_ratio * len(text))
-        k = int(np.searchsorted(self.char_offsets, split, side="right")) - 1
-        k = min(k, len(self.char_offsets) - 2)
+    @property
+    def characters(self) -> int:
+        return int(self.char_offsets[-1])
+
+    def _piece(self, k: int) -> str:
+        """The text between cuts ``k`` and ``k + 1``, decoded from its own tokens (reads no input file)."""
         c0, c1 = int(self.char_offsets[k]), int(self.char_offsets[k + 1])
         t0, t1 = int(self.token_offsets[k]), int(self.token_offsets[k + 1])
+        text = self.tokenizer.decode(np.asarray(self.tokens[t0:t1]).tolist())
+        if len(text) != c1 - c0:  # not text that decodes back to itself (lone surrogates): take the original
+            text = self.corpus.text[c0:c1]
+        return text
+
+    def split(self, train_ratio: float) -> tuple[TokenStream, TokenStream]:
+        """Token ids of ``text[:split]`` and ``text[split:]`` with ``split = int(ratio * chars)``,
+        each exactly as the book's separate ``tokenizer.encode`` calls give them. Only the piece that
+        holds the split point is encoded again; the rest are views of the shards (nothing is copied)."""
+        if not 0.0 < train_ratio <= 1.0:
+            raise DataError(f"The train ratio must be in (0, 1] (got {train_ratio}).")
+        split = int(train_ratio * self.characters)
+        k = int(np.searchsorted(self.char_offsets, split, side="right")) - 1
+        k = min(k, len(self.char_offsets) - 2)
+        c0 = int(self.char_offsets[k])
+        t0, t1 = int(self.token_offsets[k]), int(self.token_offsets[k + 1])
+        stream = self.tokens if isinstance(self.tokens, TokenStream) else TokenStream([np.asarray(self.tokens)])
+        n = len(stream)
         if split == c0:
-            return np.asarray(self.tokens[:t0]), np.asarray(self.tokens[t0:])
+            return stream.view(0, t0), stream.view(t0, n)
+        text = self._piece(k)
         if k > 0 and split == c0 + 1:
             # text[:split] would end on the boundary's newline, which then merges with whitespace
-            # before it ("\n\n" is one token at the end of a text): re-encode the previous chunk too.
+            # before it ("\n\n" is one token at the end of a text): re-encode the previous piece too.
+            text = self._piece(k - 1) + text
             c0, t0 = int(self.char_offsets[k - 1]), int(self.token_offsets[k - 1])
-        dtype = self.tokens.dtype
-        head = np.asarray(self.tokenizer.encode(text[c0:split]), dtype=dtype)
-        tail = np.asarray(self.tokenizer.encode(text[split:c1]), dtype=dtype)
-        return np.concatenate([self.tokens[:t0], head]), np.concatenate([tail, self.tokens[t1:]])
+        dtype = stream.dtype
+        head = np.asarray(self.tokenizer.encode(text[:split - c0]), dtype=dtype)
+        tail = np.asarray(self.tokenizer.encode(text[split - c0:]), dtype=dtype)
+        return (TokenStream.concat([stream.view(0, t0), head], dtype),
+                TokenStream.concat([tail, stream.view(t1, n)], dtype))
 
 
-def _token_dtype(vocab_size: int):
-    return np.uint16 if vocab_size <= 65536 else np.uint32
+def _text_of(tokens: Any, tokenizer: Tokenizer) -> Callable[[], str]:
+    return lambda: tokenizer.decode(np.asarray(tokens).tolist())
 
 
-def tokenize_corpus(corpus: Corpus, tokenizer: Tokenizer, progress: ProgressFn | None = None,
-                    use_cache: bool = True, num_threads: int | None = None) -> TokenizedCorpus:
-    """Tokenize (or load from the cache) the whole corpus. ``progress(done_chars, total_chars)``."""
-    key = f"{corpus.sha256[:40]}-{tokenizer.name}-v{CACHE_VERSION}"
-    cache = paths.token_cache_dir()
-    tok_path, idx_path = cache / f"{key}.tokens.npy", cache / f"{key}.chunks.npy"
-    total = len(corpus.text)
-    if use_cache and tok_path.exists() and idx_path.exists():
-        try:
-            tokens = np.load(tok_path, mmap_mode="r")
-            index = np.load(idx_path)
-            if index.ndim == 2 and index.shape[1] == 2 and int(index[-1, 1]) == tokens.shape[0]:
-                if progress:
-                    progress(total, total)
-                return TokenizedCorpus(corpus, tokenizer, tokens, index[:, 0], index[:, 1], True)
-        except (OSError, ValueError):
-            pass  # a damaged cache entry is rebuilt below
-    bounds = chunk_boundaries(corpus.text)
-    threads = num_threads or max(1, min(8, os.cpu_count() or 1))
-    dtype = _token_dtype(tokenizer.vocab_size)
-    parts: list[np.ndarray] = []
-    counts = [0]
-    group = max(1, threads * 4)
-    if progress:
-        progress(0, total)
-    for g in range(0, len(bounds) - 1, group):
-        pieces = [corpus.text[bounds[i]:bounds[i + 1]] for i in range(g, min(g + group, len(bounds) - 1))]
-        for ids in tokenizer.encode_batch(pieces, num_threads=threads):
-            parts.append(np.asarray(ids, dtype=dtype))
-            counts.append(counts[-1] + len(ids))
-        if progress:
-            progress(bounds[min(g + group, len(bounds) - 1)], total)
-    tokens = np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
-    index = np.stack([np.asarray(bounds, dtype=np.int64), np.asarray(counts, dtype=np.int64)], axis=1)
-    if use_cache:
-        for path, arr in ((tok_path, tokens), (idx_path, index)):
-            try:
-                atomic_write(path, lambda f, arr=arr: np.save(f, arr), durable=False)
-            except OSError:
-                pass  # a full or read-only cache only costs speed
-    return TokenizedCorpus(corpus, tokenizer, tokens, index[:, 0], index[:, 1], False)
+def tokenize_corpus(corpus: Corpus, tokenizer: Tokenizer, progress: Callable[[TokenizeProgress], None] | None = None,
+                    use_cache: bool = True, workers: int | None = None,
+                    cancel: threading.Event | None = None) -> TokenizedCorpus:
+    """Tokenize an in-memory corpus (or open its tokens from the cache, keyed by its text's sha256)."""
+    plan = plan_memory(corpus.text, corpus.label, corpus.source)
+    sharded = build_shards(plan, tokenizer, workers=workers, progress=progress, cancel=cancel, use_cache=use_cache)
+    return TokenizedCorpus(corpus, tokenizer, sharded.tokens, sharded.char_offsets, sharded.token_offsets,
+                           sharded.from_cache, sharded)
+
+
+def tokenize_source(settings: "DataSettings", tokenizer: Tokenizer, corpus: Any = None,
+                    progress: Callable[[TokenizeProgress], None] | None = None,
+                    cancel: threading.Event | None = None, workers: int | None = None) -> TokenizedCorpus:
+    """Tokenize (or reopen) the settings' source, streaming: its text is never held whole. ``corpus``: an
+    in-memory :class:`Corpus` to use instead, or the :class:`CorpusInfo` of data prepared before."""
+    if isinstance(corpus, Corpus):
+        plan = plan_memory(corpus.text, corpus.label, corpus.source)
+    elif isinstance(corpus, CorpusInfo) and corpus.plan is not None:
+        plan = corpus.plan
+    else:
+        plan = plan_source(settings.source, settings.text_field, settings.split)
+    sharded = build_shards(plan, tokenizer, workers=workers, progress=progress, cancel=cancel)
+    if isinstance(corpus, Corpus):
+        info: Any = corpus
+    else:
+        used = [s.name for s in sharded.sources if s.documents and not s.skipped]
+        info = CorpusInfo(plan.spec, plan.label, sharded.sha256, sharded.characters,
+                          used if plan.kind == "folder" else [], sharded.warnings, sharded.sources, plan,
+                          _text_of(sharded.tokens, tokenizer))
+    return TokenizedCorpus(info, tokenizer, sharded.tokens, sharded.char_offsets, sharded.token_offsets,
+                           sharded.from_cache, sharded)
 
 
 # --- windows and loaders ---------------------------------------------------------------------------
@@ -510,16 +379,21 @@ class PreparedData:
     stats: DatasetStats
     sources: list[SourceStats] = field(default_factory=list)  # per input: documents, characters, tokens
 
+    def preview(self, chars: int = 4000) -> str:
+        """The first ``chars`` characters of the text, decoded from the first tokens (reads no input file)."""
+        tokens = np.asarray(self.tokenized.tokens[0:min(chars, self.tokenized.n_tokens)]).tolist()
+        return self.tokenized.tokenizer.decode(tokens)[:chars]
+
     def identity(self) -> dict:
         """What a checkpoint records about its data."""
         source = self.corpus.source
-        if source and not source.startswith("builtin:"):  # resumable from any working directory
+        if source and not source.startswith(("builtin:", "hf:")):  # resumable from any working directory
             source = os.path.abspath(os.path.expanduser(source))
         return {
             "source": source,
             "label": self.corpus.label,
             "sha256": self.corpus.sha256,
-            "characters": len(self.corpus.text),
+            "characters": self.tokenized.characters,
             "tokenizer": self.tokenized.tokenizer.name,
             "tokens": self.tokenized.n_tokens,
             "train_ratio": self.settings.train_ratio,
@@ -532,31 +406,27 @@ class PreparedData:
         }
 
 
-def prepare_data(settings: DataSettings, tokenizer: Tokenizer, corpus: Corpus | None = None,
+def prepare_data(settings: DataSettings, tokenizer: Tokenizer, corpus: Any = None,
                  progress: Callable[[TokenizeProgress], None] | None = None, strict: bool = True,
-                 cancel: threading.Event | None = None) -> PreparedData:
-    """Read, tokenize (cached), split and window a corpus; build the two loaders and the stats.
-    With ``strict``, a corpus too small for the settings raises DataError with the book's advice."""
+                 cancel: threading.Event | None = None, workers: int | None = None) -> PreparedData:
+    """Tokenize (or reopen from the cache), split and window a corpus; build the two loaders and the stats.
+    The text is streamed from its files into token shards (see :mod:`gpttui.core.shards`); ``corpus`` gives an
+    in-memory :class:`Corpus` instead. ``progress(TokenizeProgress)`` reports the tokenizing, ``cancel`` stops
+    it (:class:`Cancelled`). With ``strict``, a corpus too small for the settings raises DataError with the
+    book's advice."""
     s = settings.validate()
-    corpus = corpus or read_corpus(s.source)
-    t0 = time.monotonic()
-
-    def chars_progress(done: int, total: int) -> None:  # interim, until the sharded tokenizer lands
-        if cancel is not None and cancel.is_set():
-            raise Cancelled("Tokenizing was cancelled.")
-        if progress:
-            progress(TokenizeProgress("tokenizing", done, total, 0, time.monotonic() - t0))
-
-    tokenized = tokenize_corpus(corpus, tokenizer, progress=chars_progress)
+    tokenized = tokenize_source(s, tokenizer, corpus, progress=progress, cancel=cancel, workers=workers)
+    corpus = tokenized.corpus
+    characters = tokenized.characters
     train, val = tokenized.split(s.train_ratio)
     train_w = TokenWindows(train, s.context_length, s.effective_stride)
     val_w = TokenWindows(val, s.context_length, s.effective_stride)
     train_loader = BatchLoader(train_w, s.batch_size, shuffle=True, drop_last=True, seed=s.seed)
     val_loader = BatchLoader(val_w, s.batch_size, shuffle=False, drop_last=False, seed=s.seed)
-    split_char = int(s.train_ratio * len(corpus.text))
+    split_char = int(s.train_ratio * characters)
     stats = DatasetStats(
-        characters=len(corpus.text), tokens=tokenized.n_tokens,
-        train_characters=split_char, val_characters=len(corpus.text) - split_char,
+        characters=characters, tokens=tokenized.n_tokens,
+        train_characters=split_char, val_characters=characters - split_char,
         train_tokens=len(train), val_tokens=len(val),
         train_windows=len(train_w), val_windows=len(val_w),
         train_batches=len(train_loader), val_batches=len(val_loader),
@@ -568,7 +438,8 @@ def prepare_data(settings: DataSettings, tokenizer: Tokenizer, corpus: Corpus | 
         stats.warnings.append("Vocabulary above 65,536: tokens are stored as uint32.")
     if strict and stats.problems:
         raise DataError("\n".join(stats.problems))
-    return PreparedData(s, corpus, tokenized, train, val, train_loader, val_loader, stats)
+    sources = tokenized.sharded.sources if tokenized.sharded is not None else []
+    return PreparedData(s, corpus, tokenized, train, val, train_loader, val_loader, stats, sources)
 
 
 def corpus_fingerprint(spec: str) -> str:

@@ -259,17 +259,17 @@ def plan_save(store: Any, *, resume: str | None, requested: str | None, same_dat
 def prepare_checkpoint_data(meta: Any, tokenizer: Tokenizer, progress: Any = None) -> PreparedData:
     """The checkpoint's own training data, prepared as it was; :class:`DataError` when the text is gone or
     has changed since (then it is not the data the checkpoint learned from)."""
-    from gpttui.core.data import prepare_data, read_corpus
+    from gpttui.core.data import prepare_data
     from gpttui.core.errors import DataError
 
     settings = checkpoint_data_settings(meta)
     if settings is None:
         raise DataError("This checkpoint records no training data (imported weights): pick a dataset to train on.")
-    corpus = read_corpus(settings.source)
-    if corpus.sha256 != meta.dataset.get("sha256"):
+    prepared = prepare_data(settings, tokenizer, progress=progress)  # from the token cache when unchanged
+    if prepared.corpus.sha256 != meta.dataset.get("sha256"):
         raise DataError(f"{settings.source} has changed since the checkpoint was trained on it; it is not the same "
                         "text any more.")
-    return prepare_data(settings, tokenizer, corpus=corpus, progress=progress)
+    return prepared
 
 
 def _slug(source: str) -> str:

@@ -111,6 +111,10 @@ class GPT2Tokenizer:
     def encode_batch(self, texts: Sequence[str], num_threads: int = 8) -> list[list[int]]:
         return self._enc.encode_batch(list(texts), num_threads=num_threads, allowed_special={ENDOFTEXT})
 
+    def encode_array(self, text: str, dtype: Any = "uint16") -> Any:
+        """``encode(text)`` as a NumPy array of ``dtype``, without a Python list in between."""
+        return self._enc.encode_to_numpy(text, allowed_special={ENDOFTEXT}).astype(dtype, copy=False)
+
     def decode(self, ids: Iterable[int]) -> str:
         return self._enc.decode(list(ids))
 
@@ -142,6 +146,18 @@ class ByteTokenizer:
 
     def encode_batch(self, texts: Sequence[str], num_threads: int = 8) -> list[list[int]]:
         return [self.encode(t) for t in texts]
+
+    def encode_array(self, text: str, dtype: Any = "uint16") -> Any:
+        """``encode(text)`` as a NumPy array of ``dtype``."""
+        import numpy as np
+
+        parts = text.split(ENDOFTEXT)
+        arrays = []
+        for i, part in enumerate(parts):
+            if i:
+                arrays.append(np.array([self.eot_id], dtype=dtype))
+            arrays.append(np.frombuffer(part.encode("utf-8"), dtype=np.uint8).astype(dtype))
+        return np.concatenate(arrays)
 
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
         out = bytearray()
