@@ -278,6 +278,13 @@ def wants_source_table(sources: list) -> bool:
     return len(sources) > 1 or any(s.notes() for s in sources)
 
 
+def source_notes(source) -> list[str]:
+    """What went wrong with an input, and "no text" for one that gave no document (an empty file: left out,
+    not an error, but worth seeing beside the others)."""
+    notes = source.notes()
+    return notes + ["no text"] if not notes and not source.skipped and not source.documents else notes
+
+
 def _clip_left(name: str, width: int) -> str:
     """A long path keeps its end, the file's name: ``…/deep/folder/file.txt``."""
     return name if len(name) <= width else "…" + name[-(width - 1):]
@@ -295,7 +302,7 @@ def source_table_lines(sources: list, limit: int = MAX_SOURCE_ROWS) -> list[str]
     for s in shown:
         counts = ("-", "-", "-") if s.skipped else (f"{s.documents:,}", f"{s.characters:,}", f"{s.tokens:,}")
         lines.append(f"  {_clip_left(s.name, width):{width}} {s.kind:8} {counts[0]:>10} {counts[1]:>14} "
-                     f"{counts[2]:>13}  {'; '.join(s.notes())}".rstrip())
+                     f"{counts[2]:>13}  {'; '.join(source_notes(s))}".rstrip())
     if hidden:
         skipped = sum(1 for s in hidden if s.skipped)
         lines.append(f"  … and {len(hidden):,} more inputs" + (f" ({skipped:,} skipped)" if skipped else "")
@@ -304,5 +311,5 @@ def source_table_lines(sources: list, limit: int = MAX_SOURCE_ROWS) -> list[str]
 
 
 __all__ = ["EXIT_CANCELLED", "TokenizeReporter", "bar_fields", "cancelled_exit", "data_stats", "plain_line",
-           "prepare_with_progress", "rate_text", "size_pair", "source_label", "source_table_lines", "sources_ordered",
+           "prepare_with_progress", "rate_text", "size_pair", "source_label", "source_notes", "source_table_lines", "sources_ordered",
            "summary_line", "wants_source_table"]

@@ -4,7 +4,6 @@ tokenizing progress (plain lines in a log, a rich bar on a terminal) with one su
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import os
@@ -25,13 +24,6 @@ from gpttui.cli_progress import TokenizeReporter, plain_line, source_table_lines
 from gpttui.core.corpus_types import SourceStats, TokenizeProgress
 from gpttui.core.data import DataSettings, prepare_data
 from gpttui.core.tokenizer import ByteTokenizer
-
-# The per-input counts come from the sharded tokenizer (gpttui.core.shards). Until it is on this branch,
-# PreparedData.sources stays empty and the tests that read the counts are expected to fail (strict: once it
-# lands they must pass, and the marker goes).
-SHARDS = importlib.util.find_spec("gpttui.core.shards") is not None
-needs_sources = pytest.mark.xfail(not SHARDS, strict=True, reason="PreparedData.sources is filled by "
-                                  "gpttui.core.shards (the sharded tokenizer), not on this branch yet")
 
 WORDS = ("the of and to in a is that for it as was with be by on not he this are or his from at which but have an "
          "they you were her she there can all model token window story learned").split()
@@ -86,6 +78,8 @@ def test_the_source_table_lists_skipped_inputs_first_and_at_most_twenty_rows():
     assert source_table_lines(many)[-1] == "  … and 8 more inputs (5 skipped) (--json lists them all)"
     notes = source_table_lines([sources[-1]])[-1]
     assert notes.endswith("2 line(s) not JSON; 1 record(s) without the text field")
+    empty = source_table_lines([SourceStats("empty.txt", "text", 0, empty=1), sources[0]])
+    assert empty[2].split() == ["empty.txt", "text", "0", "0", "0", "no", "text"]  # left out, and said so
 
 
 def test_a_single_clean_input_gets_no_table_but_one_with_notes_does():
@@ -95,7 +89,6 @@ def test_a_single_clean_input_gets_no_table_but_one_with_notes_does():
     assert wants_source_table([clean, clean])
 
 
-@needs_sources
 def test_data_stats_prints_the_inputs_of_a_folder_and_json_lists_them_all(tmp_path, capsys):
     folder = make_folder(tmp_path)
     argv = ["data", "stats", "--data", str(folder), "--tokenizer", "bytes", "--context-length", "16"]
@@ -138,7 +131,7 @@ def test_progress_in_a_log_is_a_line_per_tenth_then_the_summary(tmp_path, capsys
     """stderr is not a terminal here: plain lines, each 10 % further, then the summary with the token count
     that the statistics print; stdout keeps only the statistics. A second run reads the cache."""
     corpus = tmp_path / "big.txt"
-    write_corpus(corpus, 4)
+    write_corpus(corpus, 12)  # above 8 MB: the worker pool; about a second and a half on two cores
     argv = ["data", "stats", "--data", str(corpus), "--context-length", "64"]
     assert main(argv) == 0
     captured = capsys.readouterr()
@@ -147,9 +140,9 @@ def test_progress_in_a_log_is_a_line_per_tenth_then_the_summary(tmp_path, capsys
     assert progress and all(progress), err
     percents = [int(m.group(1)) for m in progress]
     assert percents == sorted(percents) and len(set(p // 10 for p in percents)) == len(percents)  # one a tenth
-    assert {m.group(3) for m in progress} == {"4.0"}
+    assert {m.group(3) for m in progress} == {"12.0"}
     summary = SUMMARY.match(err[-1])
-    assert summary and summary.group(1) == "4.0", err[-1]
+    assert summary and summary.group(1) == "12.0", err[-1]
     tokens = next(line for line in captured.out.splitlines() if line.startswith("Tokens "))
     assert tokens.split()[1] == summary.group(2)
     assert "Tokenizing" not in captured.out

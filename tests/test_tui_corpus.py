@@ -4,7 +4,6 @@ the table of a folder's inputs."""
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import re
 
@@ -21,9 +20,6 @@ from gpttui.tui.render import sources_table
 from test_cli_corpus import make_folder, write_corpus
 from tui_helpers import Messages, wait_workers
 
-SHARDS = importlib.util.find_spec("gpttui.core.shards") is not None
-needs_sources = pytest.mark.xfail(not SHARDS, strict=True, reason="PreparedData.sources is filled by "
-                                  "gpttui.core.shards (the sharded tokenizer), not on this branch yet")
 LINE = re.compile(r"^Tokenizing \d+\.\d of 40\.0 MB · \d+\.\d [KMG]B/s · [\d.]+[KMB]? tokens( · ETA \d+:\d\d)?$")
 
 
@@ -141,7 +137,6 @@ async def test_a_folder_shows_its_inputs_in_a_table(tmp_path):
         assert {"a.txt", "b.md", "sub/c.txt"} <= set(names)
 
 
-@needs_sources
 async def test_the_inputs_table_has_counts_and_notes_with_skipped_inputs_first(tmp_path):
     folder = make_folder(tmp_path)
     app = create_app(settings=DataSettings(source=str(folder), tokenizer="bytes", context_length=16, batch_size=2))

@@ -372,12 +372,14 @@ def sources_table(sources: list, limit: int, counted: bool = True) -> Table:
     for s in rows[:limit]:
         name = s.name if len(s.name) <= SOURCE_NAME_CHARS else "…" + s.name[-(SOURCE_NAME_CHARS - 1):]
         cell: Any = Text(name)
-        if s.notes():  # under the name, indented also where a long note wraps
+        said = s.notes() or ([] if s.skipped or s.documents else ["no text"])  # an empty file: left out
+        if said:  # under the name, indented also where a long note wraps
             notes = Table.grid(padding=0)
             notes.add_column(width=2)
             notes.add_column()
-            for note in s.notes():
-                notes.add_row("", Text(note, style="red" if note.startswith("skipped") else "yellow"))
+            for note in said:
+                style = "red" if note.startswith("skipped") else "dim" if note == "no text" else "yellow"
+                notes.add_row("", Text(note, style=style))
             cell = Group(cell, notes)
         counts = [] if not counted else ["–", "–"] if s.skipped else [f"{s.documents:,}", f"{s.tokens:,}"]
         table.add_row(cell, *counts)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -120,6 +121,7 @@ class DatasetScreen(Screen):
         yield Footer(compact=True)  # at 80 columns: the screen's keys, the app's F-keys and Quit
 
     def on_mount(self) -> None:
+        start_resource_tracker()
         self._refresh_recent()
         self._timer = None
         self._request = 0  # the newest load request: answers to older ones are dropped
@@ -391,6 +393,26 @@ class DatasetScreen(Screen):
         """The problem's first line in red; the lines after it (what to do, what was tried) in the normal colour."""
         head, _, rest = text.partition("\n")
         self.query_one("#problems", Static).update(Text.assemble(("✗ " + head, "red"), "\n" + rest if rest else ""))
+
+
+def start_resource_tracker() -> None:
+    """Start multiprocessing's resource tracker now, with the real stderr. The tokenizer's worker pool starts
+    it on first use, passing ``sys.stderr.fileno()`` to the new process; inside the app that is Textual's
+    print capture, whose fileno is -1, and the pool failed with "bad value(s) in fds_to_keep". Started once
+    per process; the swap is synchronous, on the UI thread, so nothing else prints meanwhile."""
+    from multiprocessing import resource_tracker
+
+    real = sys.__stderr__
+    if real is None or sys.stderr is real:
+        return
+    captured = sys.stderr
+    try:
+        sys.stderr = real
+        resource_tracker.ensure_running()
+    except (OSError, ValueError):
+        pass  # then the pool reports its own error, as before
+    finally:
+        sys.stderr = captured
 
 
 def preview_text(prepared: PreparedData) -> str:
