@@ -202,7 +202,7 @@ class DatasetScreen(Screen):
         self.action_cancel_tokenize()
 
     def action_cancel_tokenize(self) -> None:
-        """Stop the newest request's tokenizing: the engine finishes the shard it writes and keeps the others."""
+        """Stop the newest request's tokenizing: the engine stops at its next task and keeps the finished shards."""
         if self._cancel is not None and self._tokenizing:
             self._cancel.set()
             self.query_one("#tokenize-line", Static).update(Text("Cancelling… (the shards done are kept)"))
