@@ -29,7 +29,8 @@ def _data_settings(args: argparse.Namespace, defaults: dict[str, Any] | None = N
     given = {"source": getattr(args, "data", None), "tokenizer": getattr(args, "tokenizer", None),
              "context_length": getattr(args, "context_length", None), "stride": None if stride == OFF else stride,
              "batch_size": getattr(args, "batch_size", None), "train_ratio": getattr(args, "train_ratio", None),
-             "seed": _first(getattr(args, "data_seed", None), getattr(args, "seed", None))}
+             "seed": _first(getattr(args, "data_seed", None), getattr(args, "seed", None)),
+             "text_field": getattr(args, "text_field", None), "split": getattr(args, "split", None)}
     settings = data_settings_for(given, defaults)
     return replace(settings, stride=None) if stride == OFF else settings
 
@@ -39,30 +40,9 @@ def _first(*values: Any) -> Any:
 
 
 def cmd_data_stats(args: argparse.Namespace) -> int:
-    from gpttui.core.data import prepare_data
-    from gpttui.core.tokenizer import get_tokenizer
+    from gpttui.cli_progress import data_stats
 
-    out = Out()
-    settings = _data_settings(args)
-    tokenizer = get_tokenizer(settings.tokenizer)
-    prepared = prepare_data(settings, tokenizer, strict=False)
-    s = prepared.stats
-    if args.json:
-        out(json.dumps({"source": prepared.corpus.source, "settings": settings.__dict__, **s.to_dict()}))
-        return 0 if s.ok else 1
-    out(f"Source       {prepared.corpus.label}  ({prepared.corpus.source})")
-    out(f"Tokenizer    {tokenizer.name}  ({getattr(tokenizer, 'source', '')})")
-    out(f"Characters   {s.characters:,}   (train {s.train_characters:,} / val {s.val_characters:,})")
-    out(f"Tokens       {s.tokens:,}   (train {s.train_tokens:,} / val {s.val_tokens:,})")
-    out(f"Windows      train {s.train_windows:,} / val {s.val_windows:,}   "
-        f"(context {settings.context_length}, stride {settings.effective_stride})")
-    out(f"Batches      train {s.train_batches:,} / val {s.val_batches:,} per epoch   (batch {settings.batch_size})")
-    out(f"Tokens/epoch {s.tokens_per_epoch:,}")
-    for w in s.warnings:
-        out(f"warning: {w}")
-    for p in s.problems:
-        out(f"error: {p}")
-    return 0 if s.ok else 1
+    return data_stats(args, _data_settings(args), Out())
 
 
 def cmd_tokenizer_import(args: argparse.Namespace) -> int:
@@ -175,9 +155,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace, dist) -> int:
     """`gpttui train` in this process: alone, or as one of torchrun's (``dist``); rank 0 prints."""
+    from gpttui.cli_progress import cancelled_exit, prepare_with_progress
     from gpttui.core import distributed
     from gpttui.core.control import TrainControl
-    from gpttui.core.data import prepare_data
+    from gpttui.core.corpus_types import Cancelled
     from gpttui.core.events import FailedEvent
     from gpttui.core.resources import preflight_training
     from gpttui.core.tokenizer import get_tokenizer
@@ -196,6 +177,7 @@ def _train(args: argparse.Namespace, dist) -> int:
         shape = _run_shape(args)
         settings = _data_settings(args, {"context_length": shape.context_length})
     config = _train_config(args, meta)
+    config.validate()  # a typo in --lr is refused at once, not after minutes of tokenizing
     plan = None
     if shape is not None:  # refused with the numbers before anything is built
         plan = preflight_training(shape.model_config, settings.batch_size, config.device, settings.context_length,
@@ -204,7 +186,10 @@ def _train(args: argparse.Namespace, dist) -> int:
     distributed.start(dist, config.device)
     if not dist.main:  # rank 0 tokenizes first; the others then read its cache
         distributed.barrier(dist)
-    prepared = prepare_data(settings, tokenizer, progress=None)
+    try:  # rank 0: progress on stderr, and Ctrl+C cancels the tokenizing (the shards done are kept)
+        prepared = prepare_with_progress(settings, tokenizer, out, report=dist.main)
+    except Cancelled as exc:
+        return cancelled_exit(exc, out)
     if dist.main:
         distributed.barrier(dist)
     for w in prepared.stats.warnings:
@@ -448,7 +433,11 @@ def _or_off(kind):
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", help="text file, folder of .txt/.md, or builtin:pydoc (default)")
+    p.add_argument("--data", help="a text, .jsonl or .parquet file, a folder of them, a Hugging Face dataset, "
+                                  "or builtin:pydoc (default)")
+    p.add_argument("--text-field", metavar="NAME",
+                   help=".jsonl field / .parquet or dataset column holding the text (default text)")
+    p.add_argument("--split", metavar="NAME", help="a Hugging Face dataset's split (default train)")
     p.add_argument("--tokenizer", choices=["gpt2", "bytes"], help="default gpt2")
     p.add_argument("--context-length", type=int,
                    help="tokens per window (default: the model's context; 256 for data stats)")

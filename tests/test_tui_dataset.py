@@ -8,6 +8,7 @@ import json
 
 import pytest
 from textual import events
+from textual.geometry import Region
 from textual.keys import _character_to_key
 from textual.widgets import Input, Static
 
@@ -153,15 +154,18 @@ async def test_keys_typed_right_behind_tab_land_in_the_field_tab_moved_to(tmp_pa
 
 async def test_a_folder_lists_its_files_and_a_bad_path_after_it_leaves_nothing_of_it(tmp_path):
     folder = make_folder(tmp_path, ["alpha.txt", "beta.md", "sub/gamma.txt"] + [f"ch{i:02}.txt" for i in range(9)])
-    (folder / "empty.txt").write_text("")  # skipped: not joined, not listed
+    (folder / "empty.txt").write_text("")  # listed (issue 16: the inputs are counted as they stream), no text
     app = create_app(settings=DataSettings(source=str(folder), tokenizer="bytes", context_length=32, batch_size=4))
     async with app.run_test(size=(80, 24)) as pilot:
         await wait_dataset(app, pilot)
-        assert "folder/ (12 files)" in app.sub_title and "folder/ (12 files)" in text_of(app, "#stats")
+        assert "folder/ (13 files)" in app.sub_title and "folder/ (13 files)" in text_of(app, "#stats")
         screen = app.screen
-        assert str(screen.query_one("#files-title").render()) == "Files joined: 12"
-        names = text_of(app, "#files").splitlines()
-        assert names[:3] == ["alpha.txt", "beta.md", "ch00.txt"] and "sub/gamma.txt" in names and len(names) == 12
+        assert str(screen.query_one("#files-title").render()) == "Inputs: 13"
+        files = screen.query_one("#files", Static)  # a table (issue 16): its lines as drawn
+        rows = [strip.text.split() for strip in files.render_lines(Region(0, 0, *files.size))]
+        names = [row[0] for row in rows[1:] if row != ["no", "text"]]  # after the header, not the note
+        assert names[:3] == ["alpha.txt", "beta.md", "ch00.txt"] and "sub/gamma.txt" in names and len(names) == 13
+        assert rows[rows.index(["empty.txt", "0", "0"]) + 1] == ["no", "text"]
         box = screen.query_one("#files-box")
         assert box.display and box.max_scroll_y > 0  # at most a few lines on screen: it scrolls
         source = screen.query_one("#source", Input)

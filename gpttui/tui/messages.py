@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from textual.message import Message
 
 from gpttui.core.checkpoints import CheckpointInfo
-from gpttui.core.data import Corpus, PreparedData
+from gpttui.core.corpus_types import TokenizeProgress
+from gpttui.core.data import PreparedData
 from gpttui.core.generate import GenerationResult, TokenEvent
 from gpttui.core.train import Event
 
@@ -35,14 +36,17 @@ class TrainingEvent(Message):
 # --- the Dataset screen's preparation worker
 
 
+@dataclass
 class DatasetProgress(Progress):
-    """Characters tokenized so far."""
+    """Bytes of the input tokenized so far; ``report`` has the tokens, the rate and the ETA."""
+
+    report: TokenizeProgress | None = None
+    request: int = 0
 
 
 @dataclass
 class DatasetReady(Message):
     prepared: PreparedData
-    corpus: Corpus
     request: int = 0
 
 
@@ -51,7 +55,17 @@ class DatasetFailed(Message):
     source: str
     message: str
     request: int = 0
-    corpus: Corpus | None = None
+
+
+@dataclass
+class DatasetCancelled(Message):
+    """The user cancelled the tokenizing (the shards done are kept): ``message`` is the engine's words,
+    ``report`` how far it got (None when it had not started)."""
+
+    source: str
+    message: str
+    request: int = 0
+    report: TokenizeProgress | None = None
 
 
 # --- the checkpoints folder, listed off the UI thread (every screen that shows checkpoints)

@@ -315,6 +315,82 @@ def dataset_stats(prepared) -> str:
     ])
 
 
+def _size_unit(total: float) -> tuple[float, str]:
+    """KB below 1 MB, MB up to 10 GB, GB above (10^3 steps, as download tools count)."""
+    return (1e9, "GB") if total >= 1e10 else (1e6, "MB") if total >= 1e6 else (1e3, "KB")
+
+
+def _sizes(done: float, total: float) -> str:
+    """``230.1 of 512.0 MB``, or ``230.1 MB`` when the total is unknown (a dataset streamed from the Hub)."""
+    div, unit = _size_unit(total or done)
+    return f"{done / div:.1f} of {total / div:.1f} {unit}" if total else f"{done / div:.1f} {unit}"
+
+
+def tokenize_line(report) -> str:
+    """Beside the bar: ``Tokenizing 230.1 of 512.0 MB · 12.4 MB/s · 118.2M tokens · ETA 0:23``."""
+    phase = {"reading": "Reading", "done": "Tokenized"}.get(report.phase, "Tokenizing")
+    div, unit = _size_unit(report.rate)
+    parts = [f"{phase} {_sizes(report.done_bytes, report.total_bytes)}", f"{report.rate / div:.1f} {unit}/s",
+             f"{human_count(report.tokens)} tokens"]
+    if report.eta is not None:
+        parts.append(f"ETA {format_duration(report.eta)}")
+    return " · ".join(parts)
+
+
+def cancelled_line(report) -> str:
+    """``Tokenizing cancelled at 45% (230.1 of 512.0 MB).`` (how far it got, when it had started)."""
+    if report is None or not report.done_bytes:
+        return "Tokenizing cancelled before it started."
+    at = f"{report.fraction:.0%} ({_sizes(report.done_bytes, report.total_bytes)})" if report.fraction is not None \
+        else _sizes(report.done_bytes, 0)
+    return f"Tokenizing cancelled at {at}."
+
+
+def sources_ordered(sources: list) -> list:
+    """Skipped inputs first, so that a long list does not hide them; then the others in reading order."""
+    return [s for s in sources if s.skipped] + [s for s in sources if not s.skipped]
+
+
+def sources_title(sources: list) -> str:
+    skipped = sum(1 for s in sources if s.skipped)
+    return f"Inputs: {len(sources):,}" + (f" ({skipped:,} skipped)" if skipped else "")
+
+
+SOURCE_NAME_CHARS = 60  # longer names keep their end (the file's name)
+
+
+def sources_table(sources: list, limit: int, counted: bool = True) -> Table:
+    """The inputs of a corpus: name (its notes under it: skipped in red, others in yellow), documents and
+    tokens; skipped ones first; at most ``limit`` rows, then how many more. ``counted`` False: names only
+    (the counts are not known)."""
+    table = Table(box=None, show_header=counted, header_style="dim", padding=(0, 1, 0, 0))
+    table.add_column("input", overflow="fold")
+    if counted:
+        table.add_column("docs", justify="right", no_wrap=True)
+        table.add_column("tokens", justify="right", no_wrap=True)
+    rows = sources_ordered(sources)
+    for s in rows[:limit]:
+        name = s.name if len(s.name) <= SOURCE_NAME_CHARS else "…" + s.name[-(SOURCE_NAME_CHARS - 1):]
+        cell: Any = Text(name)
+        said = s.notes() or ([] if s.skipped or s.documents else ["no text"])  # an empty file: left out
+        if said:  # under the name, indented also where a long note wraps
+            notes = Table.grid(padding=0)
+            notes.add_column(width=2)
+            notes.add_column()
+            for note in said:
+                style = "red" if note.startswith("skipped") else "dim" if note == "no text" else "yellow"
+                notes.add_row("", Text(note, style=style))
+            cell = Group(cell, notes)
+        counts = [] if not counted else ["–", "–"] if s.skipped else [f"{s.documents:,}", f"{s.tokens:,}"]
+        table.add_row(cell, *counts)
+    hidden = rows[limit:]
+    if hidden:
+        skipped = sum(1 for s in hidden if s.skipped)
+        table.add_row(Text(f"… and {len(hidden):,} more inputs" + (f" ({skipped:,} skipped)" if skipped else ""),
+                           style="dim"))
+    return table
+
+
 def dataset_checks(stats) -> str:
     """Problems (red), warnings (yellow), or the green light (markup)."""
     notes = [f"[red]✗ {escape(p)}[/red]" for p in stats.problems]

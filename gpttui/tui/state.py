@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Union
 from textual.worker import Worker
 
 from gpttui.core import paths
-from gpttui.core.data import Corpus, DataSettings, PreparedData
+from gpttui.core.data import DataSettings, PreparedData
 from gpttui.core.fileio import atomic_write
 from gpttui.core.history import RunHistory, typed_event
 from gpttui.core.runs import FINAL_STATES, EventFollower, RunStatus, run_status, send_command
@@ -303,7 +303,6 @@ Session = Union[TrainingSession, FollowedRun]
 @dataclass
 class AppState:
     settings: DataSettings = field(default_factory=_last_settings)  # the last dataset loaded, else the defaults
-    corpus: Corpus | None = None
     prepared: PreparedData | None = None
     session: TrainingSession = field(default_factory=TrainingSession)  # the run in this app (one at a time)
     followed: FollowedRun | None = None  # a run in another process the monitor follows instead

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
+import threading
+import time
 from pathlib import Path
 from typing import Iterable
 
@@ -25,17 +28,21 @@ from textual.widgets import (Button, DirectoryTree, Footer, Header, Input, Label
 from textual.widgets.option_list import Option
 from textual.worker import get_current_worker
 
-from gpttui.core.data import TEXT_SUFFIXES, Corpus, DataSettings, PreparedData, prepare_data, read_corpus
+from gpttui.core.corpus_types import Cancelled, SourceStats
+from gpttui.core.data import TEXT_SUFFIXES, DataSettings, PreparedData, prepare_data
 from gpttui.core.errors import GPTTUIError, TokenizerError
 from gpttui.core.tokenizer import GPT2_FILES, TOKENIZERS, clip_words, get_tokenizer
-from gpttui.tui.messages import DatasetFailed, DatasetProgress, DatasetReady
-from gpttui.tui.render import dataset_checks, dataset_stats
+from gpttui.tui.messages import DatasetCancelled, DatasetFailed, DatasetProgress, DatasetReady
+from gpttui.tui.render import (cancelled_line, dataset_checks, dataset_stats, sources_table, sources_title,
+                               tokenize_line)
 from gpttui.tui.state import load_recent, remember_dataset, remember_source
 from gpttui.tui.widgets import Field, read_field
 
 BUILTIN = "builtin:pydoc"
 PREVIEW_LINES = 12
-MAX_FILES_SHOWN = 1000  # names listed for a folder corpus (the count is always the whole)
+MAX_FILES_SHOWN = 1000  # inputs listed for a folder corpus (the count is always the whole)
+PREVIEW_CHARS = 4000
+PROGRESS_INTERVAL = 0.1  # the worker posts at most ~10 progress reports a second
 TRIED_CHARS = 160  # each "What was tried" line, cut at a word
 
 
@@ -71,7 +78,10 @@ class DatasetScreen(Screen):
         # focused widget to the app first, and keys typed right behind it go to the widget being left.
         Binding("tab", "app.focus_next", "Next field", show=False, priority=True),
         Binding("shift+tab", "app.focus_previous", "Previous field", show=False, priority=True),
+        Binding("escape", "cancel_tokenize", "Cancel", show=False,  # (the Cancel button is beside the bar)
+                tooltip="stop tokenizing; the shards done are kept"),
     ]
+    PALETTE = {"cancel_tokenize": ("Cancel tokenizing", "Stop tokenizing the corpus; the shards done are kept")}
 
     def compose(self) -> ComposeResult:
         s: DataSettings = self.app.state.settings
@@ -97,10 +107,13 @@ class DatasetScreen(Screen):
                 yield Field("Train ratio", s.train_ratio, id="train_ratio", kind="float", minimum=0.01, maximum=1.0)
             with VerticalScroll(id="dataset-info", classes="panel"):
                 yield Label("Statistics", classes="section")
-                yield ProgressBar(id="tokenize-progress", show_eta=False, classes="hidden")
+                with Horizontal(id="tokenize-row", classes="hidden"):
+                    yield ProgressBar(id="tokenize-progress", show_eta=False)
+                    yield Button("Cancel", id="cancel-tokenize", variant="warning", compact=True)
+                yield Static("", id="tokenize-line", classes="hidden")
                 yield Static("Pick a source to see its statistics.", id="stats")
                 yield Static("", id="problems")
-                yield Label("Files", id="files-title", classes="section hidden")
+                yield Label("Inputs", id="files-title", classes="section hidden")
                 with VerticalScroll(id="files-box", classes="hidden"):
                     yield Static("", id="files")
                 yield Label("Preview", classes="section")
@@ -108,11 +121,14 @@ class DatasetScreen(Screen):
         yield Footer(compact=True)  # at 80 columns: the screen's keys, the app's F-keys and Quit
 
     def on_mount(self) -> None:
+        start_resource_tracker()
         self._refresh_recent()
         self._timer = None
         self._request = 0  # the newest load request: answers to older ones are dropped
         self._shown: PreparedData | None = None
         self._tokenizer_missing = False  # the newest answer said so: load again when shown again
+        self._cancel: threading.Event | None = None  # the newest request's: Cancel (and a newer request) set it
+        self._tokenizing = False  # the newest request reported progress and has not answered yet
         self.load()
 
     def on_screen_resume(self) -> None:
@@ -180,6 +196,30 @@ class DatasetScreen(Screen):
         self.query_one("#source", Input).value = str(event.option.id)
         self.load()
 
+    # -- cancelling the tokenizing
+    @on(Button.Pressed, "#cancel-tokenize")
+    def _cancel_pressed(self) -> None:
+        self.action_cancel_tokenize()
+
+    def action_cancel_tokenize(self) -> None:
+        """Stop the newest request's tokenizing: the engine stops at its next task and keeps the finished shards."""
+        if self._cancel is not None and self._tokenizing:
+            self._cancel.set()
+            self.query_one("#tokenize-line", Static).update(Text("Cancelling… (the shards done are kept)"))
+
+    def check_action(self, action: str, parameters: tuple) -> bool | None:
+        if action == "cancel_tokenize":
+            return getattr(self, "_tokenizing", False)  # offered (footer, palette) only while tokenizing
+        return True
+
+    def _set_tokenizing(self, on: bool) -> None:
+        """The progress row shows while the newest request tokenizes; Cancel (and its key) only then."""
+        if on != self._tokenizing:
+            self._tokenizing = on
+            self.refresh_bindings()
+        for wid in ("#tokenize-row", "#tokenize-line"):
+            self.query_one(wid).set_class(not on, "hidden")
+
     # -- settings
     @on(Input.Changed, ".field-input")
     @on(Select.Changed, "#tokenizer")
@@ -205,7 +245,9 @@ class DatasetScreen(Screen):
                 raise ValueError(f"{name.replace('_', ' ').capitalize()}: {exc}") from None
         source = self.query_one("#source", Input).value.strip()
         tokenizer = self.query_one("#tokenizer", Select).value
-        return DataSettings(source=source, tokenizer=str(tokenizer), seed=self.app.state.settings.seed, **values)
+        kept = self.app.state.settings  # not on this form: kept as they were (the CLI's --text-field, --split)
+        return DataSettings(source=source, tokenizer=str(tokenizer), seed=kept.seed, text_field=kept.text_field,
+                            split=kept.split, **values)
 
     def load(self) -> None:
         try:
@@ -223,50 +265,78 @@ class DatasetScreen(Screen):
         # Nothing of the previous corpus stays on view (nor in the header) while this one is read.
         self.query_one("#stats", Static).update(Text(f"Reading {settings.source or '…'}…"))
         self.query_one("#problems", Static).update("")
-        self._show_files([])
+        self._show_sources([], [])
         self.app.refresh_header()
         self._request += 1
-        corpus = state.corpus if state.corpus is not None and state.corpus.source == settings.source else None
-        self.prepare(settings, corpus, self._request)
+        if self._cancel is not None:
+            self._cancel.set()  # the older request's tokenizing stops (its shards done are kept)
+        self._cancel = threading.Event()
+        self._set_tokenizing(False)
+        self.prepare(settings, self._request, self._cancel)
 
     # -- the work, off the UI thread
     @work(thread=True, exclusive=True, group="dataset")
-    def prepare(self, settings: DataSettings, corpus: Corpus | None, request: int) -> None:
-        """Read and tokenize in a thread; a newer request cancels this worker, and the progress
-        callback stops the tokenizer at its next report instead of finishing for nothing."""
+    def prepare(self, settings: DataSettings, request: int, cancel: threading.Event) -> None:
+        """Read and tokenize in a thread (the corpus text stays in the engine: nothing of it is kept here).
+        A newer request cancels this worker and sets ``cancel``: the tokenizer stops at its next check
+        instead of finishing for nothing; Cancel sets ``cancel`` too, and that one is answered."""
         worker = get_current_worker()
+        last = [None, 0.0]  # the newest report, when one was last posted
 
         def progress(report) -> None:
             if worker.is_cancelled:
                 raise _Superseded
-            self.post_message(DatasetProgress(report.done_bytes, report.total_bytes))
+            now = time.monotonic()
+            final = report.total_bytes and report.done_bytes >= report.total_bytes
+            if last[0] is None or final or now - last[1] >= PROGRESS_INTERVAL:
+                last[1] = now
+                self.post_message(DatasetProgress(report.done_bytes, report.total_bytes, report, request))
+            last[0] = report
 
         try:
-            corpus = corpus or read_corpus(settings.source)
             tokenizer = get_tokenizer(settings.tokenizer)
-            prepared = prepare_data(settings, tokenizer, corpus=corpus, strict=False, progress=progress)
+            prepared = prepare_data(settings, tokenizer, strict=False, progress=progress, cancel=cancel)
         except _Superseded:
             return
+        except Cancelled as exc:
+            message = DatasetCancelled(settings.source, str(exc), request, last[0])
         except TokenizerError as exc:
             if getattr(exc, "tried", None) is None:  # not the files missing (e.g. an unknown name)
-                message = DatasetFailed(settings.source, str(exc), request, corpus)
+                message = DatasetFailed(settings.source, str(exc), request)
             else:
-                message = TokenizerMissing(settings.source, missing_tokenizer_text(exc.tried), request, corpus)
+                message = TokenizerMissing(settings.source, missing_tokenizer_text(exc.tried), request)
         except GPTTUIError as exc:
-            message = DatasetFailed(settings.source, str(exc), request, corpus)
+            message = DatasetFailed(settings.source, str(exc), request)
         except Exception as exc:  # never crash the screen on a bad file
-            message = DatasetFailed(settings.source, f"{type(exc).__name__}: {exc}", request, corpus)
+            message = DatasetFailed(settings.source, f"{type(exc).__name__}: {exc}", request)
         else:
-            message = DatasetReady(prepared, corpus, request)
+            message = DatasetReady(prepared, request)
         if not worker.is_cancelled:
             self.post_message(message)
 
     def on_dataset_progress(self, message: DatasetProgress) -> None:
-        bar = self.query_one("#tokenize-progress", ProgressBar)
-        bar.remove_class("hidden")
-        bar.update(total=max(message.total, 1), progress=message.done)
-        if message.done >= message.total:
-            bar.add_class("hidden")
+        if message.request != self._request or (self._cancel is not None and self._cancel.is_set()):
+            return  # an older request's, or one cancelled: "Cancelling…" stays
+        report = message.report
+        if report is None or report.phase == "done" or (message.total and message.done >= message.total):
+            self._set_tokenizing(False)
+            return
+        self._set_tokenizing(True)
+        self.query_one("#tokenize-progress", ProgressBar).update(total=message.total or None, progress=message.done)
+        self.query_one("#tokenize-line", Static).update(Text(tokenize_line(report)))
+
+    def on_dataset_cancelled(self, message: DatasetCancelled) -> None:
+        """Cancelled by the user: say how far it got and that Load goes on; training stays blocked."""
+        if message.request != self._request:
+            return
+        self._set_tokenizing(False)
+        self.query_one("#stats", Static).update(Text(cancelled_line(message.report)))
+        self.query_one("#preview", Static).update("")
+        self._show_sources([], [])
+        self.query_one("#problems", Static).update(Text.assemble(
+            ("! " + message.message, "yellow"),
+            "\nPress Load (or Enter in Source) to tokenize it again: it resumes after the shards done."))
+        self.app.refresh_header()
 
     def on_tokenizer_missing(self, message: TokenizerMissing) -> None:
         if message.request == self._request:
@@ -276,21 +346,19 @@ class DatasetScreen(Screen):
     def on_dataset_failed(self, message: DatasetFailed) -> None:
         if message.request != self._request:
             return  # an older request
-        if message.corpus is not None:
-            self.app.state.corpus = message.corpus
         what = message.source or "the source"
         self.query_one("#stats", Static).update(Text(f"No statistics: {what} could not be used."))
         self.query_one("#preview", Static).update("")
-        self._show_files([])
+        self._show_sources([], [])
         self._show_problem(message.message)
-        self.query_one("#tokenize-progress").add_class("hidden")
+        self._set_tokenizing(False)
         self.app.refresh_header()
 
     def on_dataset_ready(self, message: DatasetReady) -> None:
         prepared = message.prepared
         if message.request != self._request:
             return  # an older request
-        self.app.state.corpus = message.corpus
+        self._set_tokenizing(False)
         self.app.state.prepared = prepared
         self._show_prepared(prepared)
         if prepared.corpus.source:
@@ -304,25 +372,55 @@ class DatasetScreen(Screen):
         stats = dataset_stats(prepared) + (f"\n[dim]{escape(note)}[/dim]" if note else "")
         self.query_one("#stats", Static).update(stats)
         self.query_one("#problems", Static).update(dataset_checks(prepared.stats))
-        self._show_files(prepared.corpus.files)
-        preview = "\n".join(prepared.corpus.text[:4000].splitlines()[:PREVIEW_LINES])
-        self.query_one("#preview", Static).update(Text(preview))
+        self._show_sources(prepared.sources, getattr(prepared.corpus, "files", None) or [])
+        self.query_one("#preview", Static).update(Text("\n".join(preview_text(prepared).splitlines()[:PREVIEW_LINES])))
         lasting = dataclasses.replace(prepared.settings, source=lasting_source(prepared.settings.source))
         remember_dataset(lasting, self.app.state.data_context_set)  # the next start opens on it
 
-    def _show_files(self, files: list[str]) -> None:
-        """A folder's joined files: the count in the title, the names (scrollable) below; hidden otherwise."""
-        self.query_one("#files-title", Label).update(f"Files joined: {len(files):,}")
-        names = files[:MAX_FILES_SHOWN]
-        more = len(files) - len(names)
-        self.query_one("#files", Static).update(Text("\n".join(names + ([f"… and {more:,} more"] if more else []))))
+    def _show_sources(self, sources: list[SourceStats], names: list[str]) -> None:
+        """The corpus's inputs (a folder's files, skipped ones first) with their documents, tokens and notes,
+        scrollable; hidden for a single input with nothing to say. ``names``: a folder's files, when the
+        engine gives no per-input counts."""
+        counted = bool(sources)
+        rows = sources or [SourceStats(name, "text") for name in names]
+        shown = len(rows) > 1 or bool(names) or any(s.notes() for s in rows)
+        self.query_one("#files-title", Label).update(sources_title(rows))
+        self.query_one("#files", Static).update(sources_table(rows, MAX_FILES_SHOWN, counted) if shown else "")
         for wid in ("#files-title", "#files-box"):
-            self.query_one(wid).set_class(not files, "hidden")
+            self.query_one(wid).set_class(not shown, "hidden")
 
     def _show_problem(self, text: str) -> None:
         """The problem's first line in red; the lines after it (what to do, what was tried) in the normal colour."""
         head, _, rest = text.partition("\n")
         self.query_one("#problems", Static).update(Text.assemble(("✗ " + head, "red"), "\n" + rest if rest else ""))
+
+
+def start_resource_tracker() -> None:
+    """Start multiprocessing's resource tracker now, with the real stderr. The tokenizer's worker pool starts
+    it on first use, passing ``sys.stderr.fileno()`` to the new process; inside the app that is Textual's
+    print capture, whose fileno is -1, and the pool failed with "bad value(s) in fds_to_keep". Started once
+    per process; the swap is synchronous, on the UI thread, so nothing else prints meanwhile."""
+    from multiprocessing import resource_tracker
+
+    real = sys.__stderr__
+    if real is None or sys.stderr is real:
+        return
+    captured = sys.stderr
+    try:
+        sys.stderr = real
+        resource_tracker.ensure_running()
+    except (OSError, ValueError):
+        pass  # then the pool reports its own error, as before
+    finally:
+        sys.stderr = captured
+
+
+def preview_text(prepared: PreparedData) -> str:
+    """The corpus's first characters: the engine's ``preview`` (it reads only those), else the text."""
+    preview = getattr(prepared, "preview", None)
+    if callable(preview):
+        return preview(PREVIEW_CHARS)
+    return prepared.corpus.text[:PREVIEW_CHARS]
 
 
 def lasting_source(source: str) -> str:

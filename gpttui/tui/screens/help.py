@@ -120,10 +120,17 @@ def keys_for(entries: list[KeyEntry], name: str) -> str:
 SCREEN_HELP = {
     "DatasetScreen": (
         "Dataset: pick the text the model learns from and the book's data settings.\n\n"
-        "Type a path (a text file or a folder of them) in Source and press Enter or Load, or take the built-in "
-        "corpus (Python's reference manual). The numbers (characters, tokens, training and validation "
-        "batches) and the checks update as you change the tokenizer, context length, stride, batch size "
-        "and split. The GPT-2 tokenizer needs its two files: F5, then k imports them."),
+        "Type a path in Source and press Enter or Load, or take the built-in corpus (Python's reference "
+        "manual). A path is a text file, a .jsonl file (one JSON record per line, its text in a field), a "
+        ".parquet file (a text column), a folder of any of them (searched recursively), or a Hugging Face "
+        "dataset's folder. The text is read from the field or column named \"text\" (on the command line, "
+        "--text-field NAME reads another, and --split NAME picks a dataset's split). The numbers (characters, "
+        "tokens, training and validation batches) and the checks update as you change the tokenizer, "
+        "context length, stride, batch size and train ratio. The GPT-2 tokenizer needs its two files: F5, then k imports them.\n\n"
+        "A large corpus is tokenized once, in shards kept on disk: a bar shows how far it got, its speed and "
+        "the time left. Cancel ({key:cancel_tokenize}) stops it and keeps the shards done; Load goes on "
+        "from there. A folder's inputs are listed with their documents and tokens, and what went wrong with "
+        "any of them (skipped files first)."),
     "TrainScreen": (
         "Train: the model's shape, the optimiser and schedule, and the live monitor of a run.\n\n"
         "Pick a preset or set layers, heads and width; the parameter count and a memory estimate follow. "
