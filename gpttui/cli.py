@@ -183,15 +183,22 @@ def _train(args: argparse.Namespace, dist) -> int:
         plan = preflight_training(shape.model_config, settings.batch_size, config.device, settings.context_length,
                                   dtype=config.dtype, book_math=config.book)
     tokenizer = get_tokenizer(settings.tokenizer)
+    # Before the process group starts, so a long tokenizing cannot time it out: each machine's first rank
+    # tokenizes (rank 0 with progress on stderr; Ctrl+C cancels, keeping the shards done), the others wait
+    # for its shards (torchrun ends them if it fails).
+    if dist.active and dist.local_rank != 0:
+        from gpttui.core.data import prepare_data
+        from gpttui.core.shards import wait_for_shards
+        from gpttui.core.sources import plan_source
+
+        wait_for_shards(plan_source(settings.source, settings.text_field, settings.split), tokenizer.name)
+        prepared = prepare_data(settings, tokenizer)
+    else:
+        try:
+            prepared = prepare_with_progress(settings, tokenizer, out, report=dist.main)
+        except Cancelled as exc:
+            return cancelled_exit(exc, out)
     distributed.start(dist, config.device)
-    if not dist.main:  # rank 0 tokenizes first; the others then read its cache
-        distributed.barrier(dist)
-    try:  # rank 0: progress on stderr, and Ctrl+C cancels the tokenizing (the shards done are kept)
-        prepared = prepare_with_progress(settings, tokenizer, out, report=dist.main)
-    except Cancelled as exc:
-        return cancelled_exit(exc, out)
-    if dist.main:
-        distributed.barrier(dist)
     for w in prepared.stats.warnings:
         out(f"warning: {w}", err=True)
 

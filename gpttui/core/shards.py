@@ -335,6 +335,13 @@ def open_shards(plan: Any, tokenizer_name: str, cache_dir: Path | None = None) -
     return _load(_directory(key, cache_dir), key)
 
 
+def wait_for_shards(plan: Any, tokenizer_name: str, poll: float = 0.5, cache_dir: Path | None = None) -> None:
+    """Wait until another process (this machine's first DDP rank) has built ``plan``'s shards. Its launcher
+    (torchrun) ends this process if that one fails, so there is no time limit here."""
+    while open_shards(plan, tokenizer_name, cache_dir) is None:
+        time.sleep(poll)
+
+
 def default_workers() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -683,4 +690,4 @@ def _cancel_message(directory: Path, writer: _Writer) -> str:
 
 
 __all__ = ["chunk_boundaries", "last_safe_cut", "encode_task", "ShardedCorpus", "build_shards", "open_shards",
-           "cache_key", "token_dtype", "default_workers", "INDEX_CHARS", "SHARD_TOKENS"]
+           "cache_key", "token_dtype", "default_workers", "wait_for_shards", "INDEX_CHARS", "SHARD_TOKENS"]
