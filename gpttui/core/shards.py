@@ -457,6 +457,31 @@ def _space_message(exc: OSError, directory: Path, writer: _Writer) -> str:
             f"with room.")
 
 
+def _start_resource_tracker() -> None:
+    """multiprocessing's resource tracker, started with a stderr that has a file descriptor. It hands
+    ``sys.stderr.fileno()`` to its process; where stderr is an object without one (a TUI's print capture, a
+    notebook) starting the pool failed ("bad value(s) in fds_to_keep")."""
+    import sys
+    from multiprocessing import resource_tracker
+
+    try:
+        if sys.stderr is not None and sys.stderr.fileno() >= 0:
+            return
+    except (AttributeError, OSError, ValueError):
+        pass
+    captured, fallback = sys.stderr, None
+    try:
+        if sys.__stderr__ is not None:
+            sys.stderr = sys.__stderr__
+        else:
+            sys.stderr = fallback = open(os.devnull, "w")
+        resource_tracker.ensure_running()
+    finally:
+        sys.stderr = captured
+        if fallback is not None:
+            fallback.close()
+
+
 @contextmanager
 def _plain_main():
     """Spawned processes re-run the parent's ``__main__`` script (``<stdin>``, a notebook, a user's script
@@ -465,6 +490,7 @@ def _plain_main():
     import sys
     import types
 
+    _start_resource_tracker()
     main = sys.modules.get("__main__")
     sys.modules["__main__"] = types.ModuleType("__main__")
     try:
