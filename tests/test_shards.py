@@ -229,3 +229,26 @@ def test_token_stream_indexes_its_parts_as_one_array():
         s[np.array([3, 20])]
     with pytest.raises(ValueError):
         TokenStream([np.zeros(2, np.uint16), np.zeros(2, np.uint32)])
+
+
+def test_the_pool_starts_where_stderr_has_no_file_descriptor(tmp_path):
+    """Inside the app, stderr is Textual's print capture (fileno -1); multiprocessing's resource tracker, which
+    the pool starts, wants a real one ('bad value(s) in fds_to_keep'). A fresh process, as the app is."""
+    script = f"""
+import sys
+sys.path.insert(0, {str(REPO)!r})
+class Capture:
+    def write(self, text): return len(text)
+    def flush(self): pass
+    def fileno(self): return -1
+sys.stderr = Capture()
+from gpttui.core import shards as S
+from gpttui.core.sources import plan_memory
+from gpttui.core.tokenizer import ByteTokenizer
+built = S.build_shards(plan_memory("a line of text\\n" * 5000), ByteTokenizer(), workers=2)
+print("tokens", built.n_tokens, "workers", built.manifest["workers"])
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "GPTTUI_HOME": str(tmp_path)})
+    assert out.returncode == 0, out.stderr
+    assert "tokens 75000 workers 2" in out.stdout

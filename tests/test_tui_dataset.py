@@ -154,11 +154,11 @@ async def test_keys_typed_right_behind_tab_land_in_the_field_tab_moved_to(tmp_pa
 
 async def test_a_folder_lists_its_files_and_a_bad_path_after_it_leaves_nothing_of_it(tmp_path):
     folder = make_folder(tmp_path, ["alpha.txt", "beta.md", "sub/gamma.txt"] + [f"ch{i:02}.txt" for i in range(9)])
-    (folder / "empty.txt").write_text("")  # listed (issue 16: the inputs are counted as they stream), no text
+    (folder / "empty.txt").write_text("")  # listed among the inputs (issue 16), with no text: not joined
     app = create_app(settings=DataSettings(source=str(folder), tokenizer="bytes", context_length=32, batch_size=4))
     async with app.run_test(size=(80, 24)) as pilot:
         await wait_dataset(app, pilot)
-        assert "folder/ (13 files)" in app.sub_title and "folder/ (13 files)" in text_of(app, "#stats")
+        assert "folder/ (12 files)" in app.sub_title and "folder/ (12 files)" in text_of(app, "#stats")  # joined
         screen = app.screen
         assert str(screen.query_one("#files-title").render()) == "Inputs: 13"
         files = screen.query_one("#files", Static)  # a table (issue 16): its lines as drawn

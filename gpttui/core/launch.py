@@ -37,6 +37,7 @@ def _data_args(settings: DataSettings) -> list[str]:
     argv += _opt("--stride", OFF if settings.stride is None else settings.stride)
     argv += _opt("--batch-size", settings.batch_size) + _opt("--train-ratio", repr(float(settings.train_ratio)))
     argv += _opt("--data-seed", settings.seed)
+    argv += _opt("--text-field", settings.text_field) + _opt("--split", settings.split)
     return argv
 
 

@@ -178,7 +178,7 @@ class _Task:
 
 @dataclass
 class _Reading:
-    """What streaming the text found, besides the tasks: its sha256, length and notes."""
+    """What streaming the text found besides the tasks: its sha256, the input bytes read, forced cuts."""
 
     sha: Any = field(default_factory=hashlib.sha256)
     read_bytes: int = 0
@@ -490,7 +490,6 @@ def _plain_main():
     import sys
     import types
 
-    _start_resource_tracker()
     main = sys.modules.get("__main__")
     sys.modules["__main__"] = types.ModuleType("__main__")
     try:
@@ -511,6 +510,7 @@ class _Encoder:
         if workers > 0:
             import multiprocessing
 
+            _start_resource_tracker()  # before the pool: its queues' semaphores start the tracker
             self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                             initializer=_init_worker, initargs=(tokenizer.name,))
             with _plain_main():  # start them all now (one per submit), none importing the caller's script
@@ -624,7 +624,9 @@ def _build(plan: Any, tokenizer: Any, key: str, directory: Path, resume: dict | 
         writer.discard_open()
         if exc.errno in _NO_SPACE:
             raise DataError(_space_message(exc, directory, writer)) from None
-        raise DataError(f"Could not tokenize into {directory}: {exc.strerror or exc}.") from None
+        where = exc.filename or directory  # an input that went away, or the cache folder
+        raise DataError(f"Tokenizing stopped: {where}: {exc.strerror or exc}. The shards finished so far are kept "
+                        f"in {directory} for the next try.") from None
     except (Cancelled, KeyboardInterrupt):
         writer.discard_open()
         raise

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 import threading
 import time
 from pathlib import Path
@@ -105,6 +104,9 @@ class DatasetScreen(Screen):
                             placeholder="= context")
                 yield Field("Batch size", s.batch_size, id="batch_size", minimum=1)
                 yield Field("Train ratio", s.train_ratio, id="train_ratio", kind="float", minimum=0.01, maximum=1.0)
+                yield Field("Text field", s.text_field, id="text_field", kind="text",
+                            placeholder=".jsonl field / column")
+                yield Field("HF split", s.split, id="split", kind="text", placeholder="a dataset's split")
             with VerticalScroll(id="dataset-info", classes="panel"):
                 yield Label("Statistics", classes="section")
                 with Horizontal(id="tokenize-row", classes="hidden"):
@@ -121,7 +123,6 @@ class DatasetScreen(Screen):
         yield Footer(compact=True)  # at 80 columns: the screen's keys, the app's F-keys and Quit
 
     def on_mount(self) -> None:
-        start_resource_tracker()
         self._refresh_recent()
         self._timer = None
         self._request = 0  # the newest load request: answers to older ones are dropped
@@ -243,11 +244,12 @@ class DatasetScreen(Screen):
                 values[name] = read_field(inp, kind)
             except ValueError as exc:
                 raise ValueError(f"{name.replace('_', ' ').capitalize()}: {exc}") from None
+        for name, default in (("text_field", "text"), ("split", "train")):  # empty: the default
+            values[name] = self.query_one(f"#{name}", Input).value.strip() or default
         source = self.query_one("#source", Input).value.strip()
         tokenizer = self.query_one("#tokenizer", Select).value
-        kept = self.app.state.settings  # not on this form: kept as they were (the CLI's --text-field, --split)
-        return DataSettings(source=source, tokenizer=str(tokenizer), seed=kept.seed, text_field=kept.text_field,
-                            split=kept.split, **values)
+        kept = self.app.state.settings  # not on this form: kept as it was
+        return DataSettings(source=source, tokenizer=str(tokenizer), seed=kept.seed, **values)
 
     def load(self) -> None:
         try:
@@ -393,26 +395,6 @@ class DatasetScreen(Screen):
         """The problem's first line in red; the lines after it (what to do, what was tried) in the normal colour."""
         head, _, rest = text.partition("\n")
         self.query_one("#problems", Static).update(Text.assemble(("✗ " + head, "red"), "\n" + rest if rest else ""))
-
-
-def start_resource_tracker() -> None:
-    """Start multiprocessing's resource tracker now, with the real stderr. The tokenizer's worker pool starts
-    it on first use, passing ``sys.stderr.fileno()`` to the new process; inside the app that is Textual's
-    print capture, whose fileno is -1, and the pool failed with "bad value(s) in fds_to_keep". Started once
-    per process; the swap is synchronous, on the UI thread, so nothing else prints meanwhile."""
-    from multiprocessing import resource_tracker
-
-    real = sys.__stderr__
-    if real is None or sys.stderr is real:
-        return
-    captured = sys.stderr
-    try:
-        sys.stderr = real
-        resource_tracker.ensure_running()
-    except (OSError, ValueError):
-        pass  # then the pool reports its own error, as before
-    finally:
-        sys.stderr = captured
 
 
 def preview_text(prepared: PreparedData) -> str:
